@@ -1,0 +1,6 @@
+"""metaopt optimizers: ``torch.optim.Optimizer`` subclasses and their functional cores."""
+
+from metaopt.optim import functional
+from metaopt.optim.optimizer import Optimizer, check_hyperparameter
+
+__all__ = ["Optimizer", "check_hyperparameter", "functional"]

@@ -1,0 +1,33 @@
+"""Helpers shared by the functional optimizer cores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+
+Tensors = tuple[torch.Tensor, ...]
+# A hyperparameter is one value for every tensor (a float or a 0-d tensor, which may carry a
+# gradient or be batched by vmap) or a sequence with one value per tensor (per-layer settings).
+Hyper = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
+
+
+def per_tensor(value: Hyper, index: int) -> float | torch.Tensor:
+    """The value of hyperparameter ``value`` for the ``index``-th tensor."""
+    if isinstance(value, (list, tuple)):
+        return value[index]
+    return value
+
+
+def apply_weight_decay(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], weight_decay: Hyper,
+                       maximize: bool) -> Tensors:
+    """``g ← ±g + wd·p`` (coupled L2 decay as in torch.optim), out of place."""
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        g = -g if maximize else g
+        wd = per_tensor(weight_decay, i)
+        if not (isinstance(wd, (int, float)) and wd == 0):
+            g = g + wd * p
+        out.append(g)
+    return tuple(out)

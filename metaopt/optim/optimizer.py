@@ -1,0 +1,117 @@
+"""The base class every metaopt optimizer derives from.
+
+It follows the shape of ``torch.optim``: a subclass validates its hyperparameters, creates its
+per-parameter state lazily, and hands lists of tensors of one param group to a functional core
+that dispatches between a per-tensor loop and a multi-tensor (``torch._foreach_*``) path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from metaopt.checks import require as check_hyperparameter
+
+__all__ = ["Optimizer", "check_hyperparameter"]
+
+
+def _is_real(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and bool(torch.isfinite(value).all())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose subclasses only describe their hyperparameters and update.
+
+    Subclasses define:
+
+    * ``_validate(group)``: raise ``ValueError`` for a bad hyperparameter of a param group (called on
+      the defaults and on every group added later, before any state exists);
+    * ``_init_state(param, group) -> dict``: the per-parameter state created on the first step;
+    * ``_update(group, params, grads, states, foreach)``: apply one step in place to the tensors of
+      one param group, ``states`` being the state dicts of those parameters in the same order.
+
+    The base class gathers the parameters that have gradients, rejects sparse gradients, negates the
+    gradients for ``maximize=True`` groups, evaluates the closure, and chooses the multi-tensor path
+    when ``foreach`` is ``None`` and every tensor is on one device type that supports it.
+    """
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]):
+        defaults.setdefault("maximize", False)
+        defaults.setdefault("foreach", None)
+        self._validate(defaults)
+        super().__init__(params, defaults)
+
+    # -- hooks for subclasses ------------------------------------------------------------------
+    def _validate(self, group: dict[str, Any]) -> None:
+        lr = group.get("lr")
+        if lr is not None:
+            check_hyperparameter("lr", lr, _is_real(lr) and float(lr) >= 0.0, "a finite number >= 0")
+        wd = group.get("weight_decay", 0.0)
+        check_hyperparameter("weight_decay", wd, _is_real(wd) and float(wd) >= 0.0, "a finite number >= 0")
+        foreach = group.get("foreach")
+        check_hyperparameter("foreach", foreach, foreach in (None, True, False), "None, True or False")
+
+    def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _update(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        foreach: bool,
+    ) -> None:
+        raise NotImplementedError
+
+    # -- torch.optim.Optimizer interface ---------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._validate(merged)
+        super().add_param_group(param_group)
+
+    @staticmethod
+    def _use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
+        if foreach is not None:
+            return foreach
+        if torch.jit.is_scripting() or not params:
+            return False
+        # Multi-tensor kernels pay off once there are several tensors on one native device.
+        device_types = {p.device.type for p in params}
+        return len(params) > 1 and len(device_types) == 1 and next(iter(device_types)) in ("cpu", "cuda")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
+        """Take one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients; "
+                        "use torch.optim.SparseAdam or densify the gradient"
+                    )
+                state = self.state[p]
+                if not state:
+                    state.update(self._init_state(p, group))
+                params.append(p)
+                grads.append(p.grad)
+                states.append(state)
+            if not params:
+                continue
+            foreach = self._use_foreach(group["foreach"], params)
+            if group["maximize"]:
+                grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
+            self._update(group, params, grads, states, foreach)
+        return loss

@@ -1,0 +1,168 @@
+"""The experiment runner: ``python -m metaopt.run task=… optimizer=… outer=… logger=… seed=…``.
+
+Every object is built with ``hydra.utils.instantiate`` from ``conf/``. The runner owns what is not
+math: seeding, the progress bar, the NaN/Inf guard, logging (``metrics.jsonl``, ``summary.json``,
+plots, wandb) and atomic checkpoints with exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from metaopt.runner.plots import plot_curves
+from metaopt.runner.validate import validate_config
+
+_IMPORTED_AT = time.time()
+CHECKPOINT = "checkpoint.pt"
+
+__all__ = ["main", "run", "DivergenceError"]
+
+
+class DivergenceError(RuntimeError):
+    """A step produced a NaN or Inf metric."""
+
+
+def _resume_folder(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path | None]:
+    """The folder to write into and the checkpoint to resume from (``None``: start fresh)."""
+    resume = cfg.resume
+    if resume in (None, False, "false", "False"):
+        return output_dir, None
+    if resume in (True, "true", "True"):
+        checkpoint = output_dir / CHECKPOINT
+        if not checkpoint.exists():
+            print(f"resume=true: no checkpoint in {output_dir}, starting from scratch")
+            return output_dir, None
+        return output_dir, checkpoint
+    folder = Path(str(resume)).expanduser()
+    if not (folder / CHECKPOINT).exists():
+        raise ValueError(f"invalid resume: {str(resume)!r} (allowed: true, false, or a run folder holding "
+                         f"{CHECKPOINT}; {folder / CHECKPOINT} does not exist)")
+    return folder, folder / CHECKPOINT
+
+
+def _wandb_names(cfg: DictConfig) -> dict[str, Any]:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return {"group": Path(hydra_cfg.sweep.dir).name, "name": hydra_cfg.job.override_dirname or None}
+    return {"name": hydra_cfg.job.override_dirname or None}
+
+
+def _nonfinite(metrics: dict[str, float]) -> str | None:
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return key
+    return None
+
+
+def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
+    validate_config(cfg)
+    folder, checkpoint_path = _resume_folder(cfg, output_dir)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    # Everything is built (and validated) before the first step.
+    task = instantiate(cfg.task)
+    loop = instantiate(cfg.outer)(task=task, optimizer=instantiate(cfg.optimizer), generator=generator)
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    start = 0
+    elapsed = 0.0
+    if checkpoint is not None:
+        loop.load_state_dict(checkpoint["loop"])
+        set_rng_state(checkpoint["rng"])
+        start, elapsed = checkpoint["step"], checkpoint["train_seconds"]
+
+    logger_kwargs = dict(names or {})
+    if checkpoint is not None and checkpoint.get("wandb_id"):
+        logger_kwargs["run_id"] = checkpoint["wandb_id"]
+    logger = instantiate(cfg.logger)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
+                                     resume_step=start if checkpoint is not None else None, **logger_kwargs)
+    exit_code = 1
+    try:
+        summary = _train(cfg, loop, logger, folder, start, elapsed)
+        exit_code = 0
+        return summary
+    finally:
+        logger.finish(exit_code)
+
+
+def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float) -> dict[str, Any]:
+    log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
+    window: dict[str, float] = {}
+    count = 0
+    startup_seconds = None
+    bar = tqdm(total=loop.num_steps, initial=start, desc=cfg.get("name") or "train", mininterval=0.5,
+               dynamic_ncols=True, disable=cfg.get("progress") is False)
+    began = time.perf_counter()
+    for step in range(start + 1, loop.num_steps + 1):
+        if startup_seconds is None:
+            startup_seconds = time.time() - _IMPORTED_AT
+        metrics = loop.step()
+        bad = _nonfinite(metrics)
+        if bad is not None:
+            logger.log(step, metrics)
+            bar.close()
+            raise DivergenceError(f"{bad} is {metrics[bad]} at step {step}: stopping. Metrics logged up to "
+                                  f"this step are in {logger.metrics_path}")
+        for key, value in metrics.items():
+            window[key] = window.get(key, 0.0) + value
+        count += 1
+        is_eval = (eval_every and step % eval_every == 0) or step == loop.num_steps
+        if (log_every and step % log_every == 0) or is_eval:
+            record = {k: v / count for k, v in window.items()}
+            if is_eval:
+                record.update(loop.evaluate())
+            logger.log(step, record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(record.items())[:3]}, refresh=False)
+            window, count = {}, 0
+        bar.update(1)
+        if checkpoint_every and step % checkpoint_every == 0 and step < loop.num_steps:
+            seconds = elapsed + time.perf_counter() - began
+            save_checkpoint(folder / CHECKPOINT, {
+                "step": step, "loop": loop.state_dict(), "rng": rng_state(), "train_seconds": seconds,
+                "wandb_id": logger.run_id,
+            })
+    bar.close()
+    train_seconds = elapsed + time.perf_counter() - began
+    summary = {**loop.summary(), "train_seconds": train_seconds, "steps": loop.num_steps, "seed": cfg.seed}
+    if startup_seconds is not None:
+        summary["startup_seconds"] = startup_seconds
+    logger.log_summary(summary)
+    plots = [plot_curves(logger.history, folder / "curves.png", title=cfg.get("name") or "")]
+    plots += loop.plots(folder)
+    logger.log_images(plots)
+    _print_summary(summary, folder)
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], folder: Path) -> None:
+    width = max(len(k) for k in summary)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    for key, value in summary.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    print("\n" + "\n".join(lines) + f"\n\nrun folder: {folder}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = run(cfg, output_dir, _wandb_names(cfg))
+    objective = summary.get(cfg.get("objective") or "")
+    return float(objective) if isinstance(objective, (int, float)) else None
+
+
+if __name__ == "__main__":
+    main()

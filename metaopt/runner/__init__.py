@@ -1,0 +1,1 @@
+"""What the runner needs that is not math: loggers, checkpoints, plots, sweep reports, config checks."""

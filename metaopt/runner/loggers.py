@@ -1,0 +1,124 @@
+"""Run loggers: plain local files always, wandb on top (offline unless WANDB_MODE says otherwise).
+
+Local files (the public file contract, see README): ``metrics.jsonl`` with one JSON object per logged
+step, flushed line by line so that a crash keeps what was logged, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LocalLogger", "WandbLogger"]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class LocalLogger:
+    """Writes ``metrics.jsonl`` and ``summary.json`` into ``folder``; keeps the history for plots."""
+
+    def __init__(self, folder: str | Path, run_config: dict | None = None, resume_step: int | None = None,
+                 name: str | None = None, group: str | None = None, run_id: str | None = None):
+        # name, group and run_id identify a run on a dashboard; local files need none of them.
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.folder / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        if resume_step is not None and self.metrics_path.exists():
+            # Lines written after the checkpoint we resume from will be written again.
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    self.history.append(record)
+            self._rewrite()
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        self._file = open(self.metrics_path, "a", buffering=1)
+
+    def _rewrite(self) -> None:
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as f:
+            for record in self.history:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, self.metrics_path)
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self.history.append(record)
+        self._file.write(json.dumps(record) + "\n")
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.folder / "summary.json.tmp"
+        tmp.write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n")
+        os.replace(tmp, self.folder / "summary.json")
+
+    def log_images(self, paths: list[Path], step: int | None = None) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class WandbLogger(LocalLogger):
+    """Local files plus a wandb run: curves, the plots as images, the final metrics as a table.
+
+    ``mode`` defaults to ``$WANDB_MODE`` or ``"offline"`` (no network needed; sync later with
+    ``wandb sync <run folder>/wandb/offline-run-*``).
+    """
+
+    def __init__(self, folder: str | Path, run_config: dict | None = None, resume_step: int | None = None,
+                 project: str = "metaopt", entity: str | None = None, group: str | None = None,
+                 name: str | None = None, tags: list[str] | None = None, mode: str | None = None,
+                 run_id: str | None = None):
+        super().__init__(folder, run_config, resume_step)
+        import wandb
+
+        mode = mode or os.environ.get("WANDB_MODE", "offline")
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project, entity=entity, group=group, name=name, tags=list(tags or []),
+            config=run_config, dir=str(self.folder), mode=mode, id=run_id,
+            resume="allow" if run_id else None, reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        super().log(step, metrics)
+        self.run.log({k: _jsonable(v) for k, v in metrics.items()}, step=step)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        super().log_summary(summary)
+        rows = [[k, _jsonable(v)] for k, v in summary.items() if isinstance(_jsonable(v), (int, float, str))]
+        self.run.summary.update({k: v for k, v in rows})
+        self.run.log({"summary_table": self._wandb.Table(columns=["metric", "value"],
+                                                         data=[[k, str(v)] for k, v in rows])})
+
+    def log_images(self, paths: list[Path], step: int | None = None) -> None:
+        images = {Path(p).stem: self._wandb.Image(str(p)) for p in paths}
+        if images:
+            self.run.log(images)
+
+    def finish(self, exit_code: int = 0) -> None:
+        super().finish(exit_code)
+        self.run.finish(exit_code=exit_code)
