@@ -2,10 +2,27 @@
 
 Inputs are never mutated, hyperparameters may be floats, 0-d tensors (with gradients, or batched by
 ``torch.func.vmap`` for per-particle values) or per-tensor sequences. Outer loops (ES, bilevel) train
-inner models with these; the stateful optimizers of ``metaopt.optim`` are tested against them.
+inner models with these, looked up by name in ``FUNCTIONAL``; the stateful optimizers of
+``metaopt.optim`` are tested against them.
 """
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from metaopt.optim.functional.adam import AdamState, adam, adam_init
 from metaopt.optim.functional.sgd import SGDState, sgd, sgd_init
 
-__all__ = ["SGDState", "sgd", "sgd_init", "AdamState", "adam", "adam_init"]
+
+class FunctionalOptimizer(NamedTuple):
+    """``init(params) -> state`` and ``update(params, grads, state, **hyperparameters) -> (params, state)``."""
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+
+
+FUNCTIONAL: dict[str, FunctionalOptimizer] = {
+    "sgd": FunctionalOptimizer(sgd_init, sgd),
+    "adam": FunctionalOptimizer(adam_init, adam),
+}
+
+__all__ = ["FUNCTIONAL", "FunctionalOptimizer", "SGDState", "sgd", "sgd_init", "AdamState", "adam", "adam_init"]
