@@ -8,11 +8,13 @@ plots, wandb) and atomic checkpoints with exact resume.
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -70,6 +72,8 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
     validate_config(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
 
