@@ -51,7 +51,7 @@ def _train(model, opt, steps=30, scheduler=None):
     for _ in range(steps):
         x = torch.randn(16, 5, generator=gen)
 
-        def closure():
+        def closure(x=x):
             opt.zero_grad()
             loss = (model(x) ** 2).mean()
             loss.backward()
