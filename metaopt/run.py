@@ -89,6 +89,8 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     origin = _startup_origin.pop() if _startup_origin else time.time()
     validate_config(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
