@@ -16,6 +16,7 @@ from metaopt.bilevel.inner import InnerOptimizer, InnerState, inner_residual, ru
 from metaopt.bilevel.l2 import PerParameterL2
 from metaopt.bilevel.linear_solve import ConvergenceWarning, conjugate_gradient, neumann_series
 from metaopt.bilevel.loop import MODES, BilevelLoop
+from metaopt.bilevel.memory import SavedTensorMeter
 from metaopt.bilevel.problem import BilevelProblem, SupervisedBilevelProblem
 from metaopt.bilevel.unroll import TruncatedUnroll, Unroll
 
@@ -34,5 +35,5 @@ __all__ = [
     "DatasetDistillation", "LearnedAugmentation", "Hypergradient", "HypergradientResult",
     "InnerDerivatives", "Unroll", "TruncatedUnroll", "ImplicitHypergradient", "ImplicitCG",
     "ImplicitNeumann", "ImplicitIdentity", "HYPERGRADIENTS", "InnerOptimizer", "InnerState", "run_inner",
-    "inner_residual", "ConvergenceWarning", "conjugate_gradient", "neumann_series",
+    "inner_residual", "ConvergenceWarning", "conjugate_gradient", "neumann_series", "SavedTensorMeter",
 ]
