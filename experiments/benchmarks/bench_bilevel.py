@@ -64,7 +64,8 @@ def _table(device: str, quick: bool) -> dict:
     rows = []
     for steps in (10, 100) if quick else (10, 100, 1000):
         repeats = 3 if steps == 1000 or quick else 5
-        measured = {name: _measure(m, problem, optimizer, steps, repeats, device) for name, m in methods.items()}
+        measured = {name: _measure(method, problem, optimizer, steps, repeats, device)
+                    for name, method in methods.items()}
         (t_unroll, m_unroll), (t_ift, m_ift) = measured["unroll"], measured["ift_cg(20)"]
         rows.append([steps, f"{t_unroll * 1e3:.1f}", f"{t_ift * 1e3:.1f}", f"{t_ift / t_unroll:.2f}",
                      f"{m_unroll / 2**20:.2f}", f"{m_ift / 2**20:.2f}", f"{m_ift / m_unroll:.3f}"])
@@ -74,7 +75,8 @@ def _table(device: str, quick: bool) -> dict:
         "columns": ["T inner steps", "unroll ms", "ift_cg ms", "time ratio ift/unroll", "unroll MiB",
                     "ift_cg MiB", "memory ratio ift/unroll"],
         "rows": rows,
-        "notes": f"Per-parameter L2 of a 64-128-10 MLP on 1078 digits (full batch), inner SGD lr 0.5; times include the T "
+        "notes": f"Per-parameter L2 of a 64-128-10 MLP on 1078 digits (full batch), inner SGD lr 0.5; "
+                 f"times include the T "
                  f"inner steps; median of 3-5 runs after warm-up. Memory: peak {memory} (MiB). IFT memory "
                  f"is flat in T (one double-backward graph at w_T); unroll's grows linearly.",
     }

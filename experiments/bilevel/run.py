@@ -88,7 +88,8 @@ def l2_tuning(rows, curves):
         _, curve, summary = run(problem, mode, METHODS[name](), outer_steps, inner_steps, 0.03, 1000,
                                  inner_lr=0.2)
         rows.append(["l2", "-", mode, name, summary["outer_loss"], summary["test_accuracy"],
-                     summary["retrain_outer_loss"], summary["retrain_test_accuracy"], time.perf_counter() - began])
+                     summary["retrain_outer_loss"], summary["retrain_test_accuracy"],
+                     time.perf_counter() - began])
         curves[("l2", mode, name)] = curve
         print(rows[-1])
 

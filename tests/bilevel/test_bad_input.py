@@ -73,8 +73,8 @@ def test_cold_start_that_did_not_converge_warns_with_the_residual():
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=0.01), mode="cold_start",
                        hypergradient=ImplicitCG(20, least_squares=True), outer_steps=3, inner_steps=5,
                        tolerance=1e-6)
-    with pytest.warns(ConvergenceWarning, match=r"did not converge in inner_steps=5 \(residual \|grad_w f\| = "
-                                                r"[0-9.]+ > tolerance=1e-06\)"):
+    pattern = r"did not converge in inner_steps=5 \(residual \|grad_w f\| = [0-9.]+ > tolerance=1e-06\)"
+    with pytest.warns(ConvergenceWarning, match=pattern):
         metrics = loop.step()
     assert metrics["inner_residual"] > 1e-6
     with warnings.catch_warnings():
@@ -96,7 +96,8 @@ def test_converged_cold_start_stops_at_the_tolerance_and_does_not_warn():
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    ({"mode": "hot_start"}, r"invalid outer\.mode: 'hot_start' \(allowed: one of \('cold_start', 'warm_start'\)\)"),
+    ({"mode": "hot_start"},
+     r"invalid outer\.mode: 'hot_start' \(allowed: one of \('cold_start', 'warm_start'\)\)"),
     ({"inner_steps": 0}, r"invalid outer\.inner_steps: 0"),
     ({"tolerance": -1.0}, r"invalid outer\.tolerance: -1\.0"),
 ])

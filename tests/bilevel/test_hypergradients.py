@@ -64,7 +64,8 @@ def test_exact_methods_agree_with_each_other_finite_differences_and_closed_form(
         "ift_cg": ImplicitCG(iters=50, least_squares=True),
         "ift_neumann": ImplicitNeumann(terms=STEPS, alpha=1.0 / problem.hessian_bound),
     }
-    grads = {name: hypergradient(method, problem, optimizer, outer).grads[0] for name, method in exact.items()}
+    grads = {name: hypergradient(method, problem, optimizer, outer).grads[0]
+             for name, method in exact.items()}
     for name, grad in grads.items():
         assert relative_error(grad, fd) < 1e-8, name
         assert relative_error(grad, closed_form) < 1e-10, name
@@ -82,8 +83,8 @@ def test_unroll_differentiates_the_unconverged_response_exactly(setup):
     fd = (cold_start_response(problem, optimizer, (lam + eps * direction,), steps)
           - cold_start_response(problem, optimizer, (lam - eps * direction,), steps)) / (2 * eps)
     unrolled = float(hypergradient(Unroll(), problem, optimizer, outer, steps).grads[0] @ direction)
-    implicit = float(hypergradient(ImplicitCG(50, least_squares=True), problem, optimizer, outer, steps).grads[0]
-                     @ direction)
+    implicit_method = ImplicitCG(50, least_squares=True)
+    implicit = float(hypergradient(implicit_method, problem, optimizer, outer, steps).grads[0] @ direction)
     assert unrolled == pytest.approx(fd, rel=1e-8)
     assert abs(implicit - fd) > 1e-3 * abs(fd)
 
@@ -95,7 +96,8 @@ def test_plain_cg_from_zero_is_the_minimum_norm_solution_on_the_range(setup):
 
     problem, _, _ = setup
     hessian = problem.A.T @ problem.A / problem.n
-    rhs = hessian @ torch.randn(hessian.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(2)
+    rhs = hessian @ torch.randn(hessian.shape[0], generator=generator, dtype=torch.float64)
     (x,) = conjugate_gradient(lambda v: (hessian @ v[0],), (rhs,), iters=50)
     assert torch.allclose(x, torch.linalg.pinv(hessian) @ rhs, rtol=0, atol=1e-10)
 
@@ -105,14 +107,10 @@ def test_approximations_differ_by_known_amounts(setup):
     # K steps cuts the dependence of the earlier iterates on λ: ~32% off with K=5, ~0.8% with K=50.
     problem, optimizer, outer = setup
     exact = problem.hypergradient(outer[0])
-    errors = {
-        "identity": relative_error(hypergradient(ImplicitIdentity(), problem, optimizer, outer).grads[0], exact),
-        "K=5": relative_error(hypergradient(TruncatedUnroll(5), problem, optimizer, outer).grads[0], exact),
-        "K=50": relative_error(hypergradient(TruncatedUnroll(50), problem, optimizer, outer).grads[0], exact),
-        "neumann J=5": relative_error(
-            hypergradient(ImplicitNeumann(5, 1.0 / problem.hessian_bound), problem, optimizer, outer).grads[0],
-            exact),
-    }
+    methods = {"identity": ImplicitIdentity(), "K=5": TruncatedUnroll(5), "K=50": TruncatedUnroll(50),
+               "neumann J=5": ImplicitNeumann(5, 1.0 / problem.hessian_bound)}
+    errors = {name: relative_error(hypergradient(method, problem, optimizer, outer).grads[0], exact)
+              for name, method in methods.items()}
     assert 2.0 < errors["identity"] < 3.0
     assert 0.25 < errors["K=5"] < 0.4
     assert 0.003 < errors["K=50"] < 0.015

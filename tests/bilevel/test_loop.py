@@ -43,7 +43,8 @@ def test_cold_start_outer_loop_reaches_the_closed_form_optimum():
     problem = LeastSquares(ridge=1.0)  # outer Hessian eigenvalues in [1.2, 15.2]
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=1.0 / problem.hessian_bound),
                        mode="cold_start", hypergradient=ImplicitCG(8, least_squares=True), outer_steps=120,
-                       inner_steps=600, tolerance=1e-11, outer_optimizer=functools.partial(torch.optim.SGD, lr=0.12))
+                       inner_steps=600, tolerance=1e-11,
+                       outer_optimizer=functools.partial(torch.optim.SGD, lr=0.12))
     for _ in range(120):
         loop.step()
     jac = torch.linalg.pinv(problem.A) @ problem.B

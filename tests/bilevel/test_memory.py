@@ -39,8 +39,9 @@ def test_no_graph_survives_an_outer_step():
     for mode, method in (("warm_start", Unroll()), ("cold_start", ImplicitCG(10, least_squares=True)),
                          ("cold_start", Unroll())):
         problem = LeastSquares()
-        loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5), mode=mode,
-                           hypergradient=method, outer_steps=20, inner_steps=30)
+        inner = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5)
+        loop = BilevelLoop(problem, optimizer=inner, mode=mode, hypergradient=method, outer_steps=20,
+                           inner_steps=30)
         with SavedTensorMeter() as meter:
             loop.step()
             loop.step()
