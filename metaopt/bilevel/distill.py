@@ -8,6 +8,8 @@ The labels are fixed (``examples_per_class`` examples of every class); the input
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,3 +56,31 @@ class DatasetDistillation(SupervisedBilevelProblem):
 
     def inner_loss(self, params: Tensors, outer_params: Tensors, batch: Any = None) -> torch.Tensor:
         return self.data_loss(params, outer_params[0], self.labels)
+
+    def plot(self, outer_params: Tensors, folder: Path) -> list[Path]:
+        """``distilled.png``: the synthetic inputs as images, one column per class."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        images = outer_params[0].detach().float().cpu()
+        side = math.isqrt(images[0].numel())
+        if images.dim() == 2 and side * side == images.shape[1]:
+            images = images.view(-1, side, side)
+        elif images.dim() != 3 and not (images.dim() == 4 and images.shape[1] in (1, 3)):
+            return []
+        classes, per_class = len(self.labels) // self.examples_per_class, self.examples_per_class
+        fig, axes = plt.subplots(per_class, classes, figsize=(classes, per_class + 0.3), squeeze=False)
+        for index, image in enumerate(images):
+            ax = axes[index % per_class, index // per_class]
+            colour = image.dim() == 3 and image.shape[0] == 3
+            shown = image.permute(1, 2, 0).clamp(0, 1) if colour else image.squeeze()
+            ax.imshow(shown.numpy(), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        path = folder / "distilled.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return [path]
