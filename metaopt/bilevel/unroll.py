@@ -4,7 +4,8 @@
 start: the derivative of the finite-T response w_T(λ)), memory linear in the number of steps.
 ``TruncatedUnroll(K)`` keeps only the last K steps in the graph and treats the state entering them
 as a constant (its dependence on λ is cut): memory linear in K, biased when the earlier steps
-matter (Shaban et al., 2019).
+matter (Shaban et al., 2019). In warm start both differentiate only through the inner steps of the
+current outer step: the carried state is a constant.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ __all__ = ["Unroll", "TruncatedUnroll"]
 class TruncatedUnroll:
     """Reverse-mode differentiation through the last ``truncation_length`` inner steps.
 
-    ``truncation_length=None`` differentiates through all of them (``Unroll``).
+    ``truncation_length=None`` differentiates through all of them (``Unroll``). With a
+    ``tolerance``, the steps before the window stop early once ``‖∇_w f‖ ≤ tolerance`` and the window
+    still takes its K steps, so that a converged run is differentiated through K steps at the solution
+    (which equals the Neumann series with K − 1 terms and ``α = lr`` for gradient descent).
     """
 
     def __init__(self, truncation_length: int | None):
@@ -40,8 +44,8 @@ class TruncatedUnroll:
                          tolerance=tolerance)
         outer = tree_leaves(outer_params)
         with torch.enable_grad():
-            tail = run_inner(problem, optimizer, head.state, outer, window, generator,
-                             differentiable=True, tolerance=tolerance)
+            tail = run_inner(problem, optimizer, head.state, outer, window, generator, differentiable=True,
+                             tolerance=tolerance if self.truncation_length is None else None)
             loss = problem.outer_loss(tail.state.params, outer)
             grads = torch.autograd.grad(loss, outer, allow_unused=True, materialize_grads=True)
         final = _detach_state(tail.state)

@@ -11,16 +11,20 @@ class LeastSquares(BilevelProblem):
     """``f(λ, w) = ‖A w − B λ‖²/(2n)`` with n < dim(w) (singular Hessian ``AᵀA/n``),
     ``F(λ, w) = ½‖C w − c‖² + ½ρ‖λ‖²``.
 
+    ``consistent=True`` makes ``C = M A``, so that ``∂_wF`` lies in the range of the Hessian.
     Gradient descent from w₀ converges to ``w*(λ) = w₀ + A⁺(Bλ − A w₀)``, the solution closest to w₀,
     so ``dF/dλ = (A⁺B)ᵀ Cᵀ(C w* − c) + ρλ``.
     """
 
-    def __init__(self, num_equations=6, dim=15, outer_dim=4, num_outer=8, ridge=0.1, seed=0):
+    def __init__(self, num_equations=6, dim=15, outer_dim=4, num_outer=8, ridge=0.1, seed=0,
+                 consistent=False):
         gen = torch.Generator().manual_seed(seed)
         kw = dict(generator=gen, dtype=torch.float64)
         self.A = torch.randn(num_equations, dim, **kw)
         self.B = torch.randn(num_equations, outer_dim, **kw)
         self.C = torch.randn(num_outer, dim, **kw)
+        if consistent:  # the outer loss sees w only through A w: ∂_wF lies in the range of the Hessian
+            self.C = torch.randn(num_outer, num_equations, **kw) @ self.A
         self.c = torch.randn(num_outer, **kw)
         self.w0 = torch.randn(dim, **kw)
         self.lambda0 = torch.randn(outer_dim, **kw)
