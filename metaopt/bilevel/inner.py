@@ -118,8 +118,8 @@ def run_inner(problem: BilevelProblem, optimizer: InnerOptimizer, state: InnerSt
         with torch.enable_grad():
             loss = problem.inner_loss(params, outer_params, problem.inner_batch(generator))
             grads = torch.autograd.grad(loss, params, create_graph=differentiable)
-        if tolerance is not None and float(tree_norm(grads)) <= tolerance:
-            return InnerRun(state if differentiable else _detach_state(state), taken)
+        if tolerance is not None and float(tree_norm(grads).detach()) <= tolerance:
+            return InnerRun(state, taken)
         if differentiable:
             state = optimizer.step(InnerState(params, state.opt_state), grads)
         else:
