@@ -35,7 +35,9 @@ def conjugate_gradient(matvec: MatVec, rhs: Tensors, iters: int, damping: float 
     per iteration, squared condition number), whose iterates stay in the range of ``A`` and converge
     to the minimum-norm least-squares solution ``A⁺ rhs``. Stops after ``iters`` iterations, when
     ``‖r‖ ≤ rtol·‖b‖``, or when a search direction has no curvature left (``pᵀAp ≤ 0`` in floating
-    point), which only happens once the solve is done or ``A`` is not positive semi-definite.
+    point), which only happens once the solve is done or ``A`` is not positive semi-definite. A final
+    residual larger than ``‖b‖`` (worse than ``x = 0``: the symptom of a right-hand side outside the
+    range, or of an indefinite ``A``) raises a ``ConvergenceWarning``.
     """
     require("ift_cg.iters", iters, isinstance(iters, int) and iters >= 0, "a non-negative integer")
     require("ift_cg.damping", damping, damping >= 0, "a number >= 0 (Tikhonov damping of the Hessian)")
@@ -49,7 +51,7 @@ def conjugate_gradient(matvec: MatVec, rhs: Tensors, iters: int, damping: float 
         operator, b = (lambda x: damped(damped(x))), damped(rhs)
     x = tuple(torch.zeros_like(t) for t in b)
     r, p = b, b
-    rs = float(tree_dot(r, r))
+    rs = rs_start = float(tree_dot(r, r))
     stop = rtol**2 * rs
     for _ in range(iters):
         if rs <= stop:
@@ -64,6 +66,12 @@ def conjugate_gradient(matvec: MatVec, rhs: Tensors, iters: int, damping: float 
         rs_next = float(tree_dot(r, r))
         p = tree_axpy(rs_next / rs, p, r)
         rs = rs_next
+    if rs > rs_start:
+        advice = "" if least_squares else "least_squares=True (minimum-norm least-squares solution) or "
+        warnings.warn(
+            f"ift_cg: conjugate gradient diverged: residual |b - A x| = {(rs / rs_start) ** 0.5:.3g} |b| "
+            f"after {iters} iterations (the Hessian is singular with the right-hand side outside its range, "
+            f"or indefinite); use {advice}damping > 0", ConvergenceWarning, stacklevel=3)
     return x
 
 

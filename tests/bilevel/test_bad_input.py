@@ -134,3 +134,17 @@ def test_optimizer_config_maps_to_the_functional_entry():
     momentum = InnerOptimizer.from_config(functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9,
                                                             nesterov=False))
     assert momentum.name == "sgd" and momentum.hyperparameters["momentum"] == 0.9
+
+
+def test_plain_cg_on_a_singular_hessian_with_an_outside_right_hand_side_warns():
+    # ∂_wF has a component in the null space of AᵀA: plain CG diverges, and says what to do.
+    problem = LeastSquares()
+    optimizer = InnerOptimizer("sgd", lr=1.0 / problem.hessian_bound)
+    start = optimizer.init(problem.init_inner())
+    pattern = (r"ift_cg: conjugate gradient diverged: residual \|b - A x\| = [0-9.e+]+ \|b\| "
+               r".*use least_squares=True")
+    with pytest.warns(ConvergenceWarning, match=pattern):
+        ImplicitCG(iters=20)(problem, optimizer, problem.init_outer(), start, 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ImplicitCG(iters=20, least_squares=True)(problem, optimizer, problem.init_outer(), start, 600)
