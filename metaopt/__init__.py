@@ -4,7 +4,7 @@ Drop-in optimizers (``metaopt.optim``), tasks (``metaopt.tasks``), outer loops (
 and a Hydra experiment runner (``python -m metaopt.run``).
 """
 
-from metaopt import optim, outer, tasks
+from metaopt import bilevel, optim, outer, tasks
 
 __version__ = "0.1.0"
-__all__ = ["optim", "outer", "tasks", "__version__"]
+__all__ = ["bilevel", "optim", "outer", "tasks", "__version__"]
