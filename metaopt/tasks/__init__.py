@@ -6,5 +6,7 @@ from metaopt.tasks.linreg import LinearRegression
 from metaopt.tasks.models import MLP
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.toy2d_schedule import Toy2DSchedule
+from metaopt.tasks.training_run import TrainingRun
 
-__all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "InfluenceBalancing", "Toy2DSchedule"]
+__all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "InfluenceBalancing", "Toy2DSchedule",
+           "TrainingRun"]
