@@ -113,6 +113,10 @@ class GradientEstimator:
         return self.problem.unroll(state, theta, num_steps or self.truncation_length, self.data_generator,
                                    self.streams, self.num_streams)
 
+    def _any_rank(self, mask: torch.Tensor) -> bool:
+        """Whether ``mask`` is true for some particle on some rank."""
+        return bool(_all_reduce(mask.any().to(torch.float32, copy=True).reshape(1)) > 0)
+
     def _kept(self, losses: torch.Tensor) -> torch.Tensor:
         """Particles whose unroll loss is finite and, with antithetic sampling, whose partner's is too."""
         finite = torch.isfinite(losses).all(0)

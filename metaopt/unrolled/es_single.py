@@ -47,8 +47,9 @@ class ESSingle(GradientEstimator):
             self.state = self.problem.reset(self.state, ~kept)
         # Resets of a pair happen together (same stream, same horizon); every rank draws for all pairs.
         fresh = resets.any(0) | ~kept
-        # Drawn every call, used where needed: all ranks consume their generators identically.
-        self.epsilon = torch.where(fresh[:, None], self._sample_noise(), self.epsilon)
+        # Every rank draws when any particle anywhere needs fresh noise, so generators stay in step.
+        if self._any_rank(fresh):
+            self.epsilon = torch.where(fresh[:, None], self._sample_noise(), self.epsilon)
         info.update(losses=losses, resets=resets.any(0), diverged=~kept)
         return gradient, info
 
