@@ -261,17 +261,39 @@ class TrainingRun(UnrolledProblem):
         return state, torch.stack(losses), torch.stack(resets)
 
     # -- evaluation ------------------------------------------------------------------------------
+    def theta_for(self, **values: float) -> torch.Tensor:
+        """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
+        start), e.g. ``theta_for(lr=0.1, momentum=0.9)``: a constant schedule, the same for every layer."""
+        require("values", sorted(values), all(k in TRANSFORMS for k in values), f"names among {sorted(TRANSFORMS)}")
+        theta = self.initial_theta()
+        for column, (key, _, _) in enumerate(self.entries):
+            if key in values:
+                theta[column] = _forward(TRANSFORMS[key], float(values[key]))
+        return theta
+
     @torch.no_grad()
-    def train(self, theta: torch.Tensor, seed: int = 0) -> tuple[torch.nn.Module, float]:
-        """One whole inner problem with the unperturbed θ: the trained model and its mean meta-loss."""
+    def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
+        """Train one model per row of ``thetas`` (M, dim) for a whole inner problem (all at once, same
+        data), then report each one's ``meta_objective`` (mean meta-loss over the run) and the full-split
+        losses and accuracies of ``task.evaluate``."""
+        num = thetas.shape[0]
         generator = torch.Generator().manual_seed(seed)
-        state, losses, _ = self._run(self.init_state(1), theta[None].to(self.device), self.horizon, generator,
-                                     torch.zeros(1, dtype=torch.long, device=self.device), 1, reset=False)
-        model = copy.deepcopy(self.model)
-        for p, value in zip(model.parameters(), state["params"]):
-            p.copy_(value[0])
-        return model, float(losses.mean())
+        streams = torch.zeros(num, dtype=torch.long, device=self.device)
+        state, losses, _ = self._run(self.init_state(num), thetas.to(self.device), self.horizon, generator,
+                                     streams, 1, reset=False)
+        results = [{"meta_objective": float(v)} for v in losses.mean(0)]
+        for split in ("train", "val", "test"):
+            inputs, targets = getattr(self.task.data, split)
+            if self.task.max_eval_samples is not None:
+                inputs, targets = inputs[: self.task.max_eval_samples], targets[: self.task.max_eval_samples]
+            outputs = self._forward(tuple(state["params"]), inputs.expand(num, *inputs.shape))
+            split_losses = self.particle_losses(state["params"], inputs.expand(num, *inputs.shape),
+                                                targets.expand(num, *targets.shape))
+            for i in range(num):
+                results[i][f"{split}_loss"] = float(split_losses[i])
+                if self.task.kind == "classification":
+                    results[i][f"{split}_accuracy"] = float((outputs[i].argmax(-1) == targets).float().mean())
+        return results
 
     def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
-        model, meta = self.train(theta)
-        return {"meta_objective": meta, **self.task.evaluate(model)}
+        return self.evaluate_many(theta[None])[0]
