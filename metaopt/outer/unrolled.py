@@ -1,4 +1,4 @@
-"""``outer=tbptt|full_es|truncated_es|pes|es_single``: learn θ of an unrolled inner problem with an estimator."""
+"""``outer=tbptt|full_es|truncated_es|pes|es_single``: learn θ of an unrolled problem with an estimator."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _plain(value: Any) -> Any:
 
 
 def init_distributed(device: torch.device) -> None:
-    """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) when launched with several processes."""
+    """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) when there are several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
@@ -83,7 +83,8 @@ class UnrolledLoop:
         self.outer_optimizer.step()
         self.trajectory.append(self.theta.tolist())
         # A non-finite unroll loss means every particle diverged: the runner stops on it.
-        return {"unroll_loss": info["loss"] if info["num_diverged"] < self.estimator.num_particles else float("nan"),
+        all_diverged = info["num_diverged"] == self.estimator.num_particles
+        return {"unroll_loss": float("nan") if all_diverged else info["loss"],
                 "estimate_norm": float(gradient.norm()), "num_diverged": float(info["num_diverged"]),
                 **self.problem.describe(self.theta.detach())}
 
@@ -103,7 +104,8 @@ class UnrolledLoop:
         out = {"start": results[0], "tuned": results[1]}
         if settings:
             best = min(range(len(settings)), key=lambda i: results[2 + i]["meta_objective"])
-            out["grid_best"] = {**results[2 + best], **{f"setting.{k}": float(v) for k, v in settings[best].items()}}
+            setting = {f"setting.{k}": float(v) for k, v in settings[best].items()}
+            out["grid_best"] = {**results[2 + best], **setting}
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -130,7 +132,8 @@ class UnrolledLoop:
         from metaopt.outer.unrolled_report import plot_unrolled_run, write_comparison_table
 
         final = self._final if self._final is not None else self._comparison()
-        paths = [plot_unrolled_run(self.problem, torch.tensor(self.trajectory), final, Path(folder) / "unrolled.png")]
+        trajectory = torch.tensor(self.trajectory)
+        paths = [plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png")]
         write_comparison_table(self.problem, self.theta_start, self.theta.detach(), final,
                                Path(folder) / "comparison.md")
         return paths

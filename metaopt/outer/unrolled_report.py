@@ -1,4 +1,4 @@
-"""The figure and the Markdown table that end an unrolled outer-loop run (start vs tuned vs best grid point)."""
+"""The figure and Markdown table that end an unrolled outer-loop run: start vs tuned vs best grid point."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def comparison_rows(problem: UnrolledProblem, theta_start: torch.Tensor, theta_t
         elif name == "tuned":
             setting = _setting(problem, theta_tuned)
         else:
-            setting = ", ".join(f"{k.split('.', 1)[1]}={v:.4g}" for k, v in metrics.items() if k.startswith("setting."))
+            setting = ", ".join(f"{k.split('.', 1)[1]}={v:.4g}" for k, v in metrics.items()
+                                if k.startswith("setting."))
         rows.append([name, setting, *(f"{metrics[c]:.4g}" for c in columns)])
     return ["", "setting", *columns], rows
 
@@ -72,7 +73,8 @@ def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final:
         steps = torch.arange(problem.horizon)
         schedules = {"start": trajectory[0], "tuned": trajectory[-1]}
         if "grid_best" in final:
-            values = {k.split(".", 1)[1]: v for k, v in final["grid_best"].items() if k.startswith("setting.")}
+            values = {k.split(".", 1)[1]: v for k, v in final["grid_best"].items()
+                      if k.startswith("setting.")}
             schedules["grid best"] = problem.theta_for(**values)
         per_layer = False
         for label, theta in schedules.items():

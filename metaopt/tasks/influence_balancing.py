@@ -1,4 +1,4 @@
-"""Influence balancing (Tallec & Ollivier, 2017; the PES paper's Sec. 5.1): a linear system with long memory."""
+"""Influence balancing (Tallec & Ollivier, 2017; PES paper, Sec. 5.1): a linear system with long memory."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ class InfluenceBalancing(UnrolledProblem):
         self.state_dim = dim
         self.theta0 = float(theta0)
         self.device = torch.device(device)
-        self.A = 0.5 * torch.eye(dim, device=self.device) + 0.5 * torch.diag(torch.ones(dim - 1, device=self.device), 1)
+        shift = torch.diag(torch.ones(dim - 1, device=self.device), 1)
+        self.A = 0.5 * torch.eye(dim, device=self.device) + 0.5 * shift
         self.signs = torch.cat([torch.ones(num_positive), -torch.ones(dim - num_positive)]).to(self.device)
         # Fixed point: s = (I − A)⁻¹ b θ, so the loss ½(s[0] − 1)² is minimal at θ = 1 / ((I − A)⁻¹ b)[0].
-        response = torch.linalg.solve(torch.eye(dim, device=self.device, dtype=torch.float64) - self.A.double(),
-                                      self.signs.double())
+        identity = torch.eye(dim, device=self.device, dtype=torch.float64)
+        response = torch.linalg.solve(identity - self.A.double(), self.signs.double())
         self.optimum = float(1.0 / response[0])
 
     @property

@@ -22,8 +22,8 @@ class Toy2DSchedule(UnrolledProblem):
 
     dim = 2
 
-    def __init__(self, horizon: int = 100, theta0: tuple[float, float] = (-4.0, -4.0), x0: tuple[float, float] = (1.0, 1.0),
-                 device: str = "cpu"):
+    def __init__(self, horizon: int = 100, theta0: tuple[float, float] = (-4.0, -4.0),
+                 x0: tuple[float, float] = (1.0, 1.0), device: str = "cpu"):
         require("horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
         self.horizon = horizon
         self.theta0 = tuple(float(v) for v in theta0)
@@ -40,7 +40,8 @@ class Toy2DSchedule(UnrolledProblem):
     def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
         if steps is None:
             steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
-        return {"step": steps.clone(), "x": torch.tensor(self.x0, device=self.device).expand(num_particles, 2).clone()}
+        x = torch.tensor(self.x0, device=self.device).expand(num_particles, 2).clone()
+        return {"step": steps.clone(), "x": x}
 
     @staticmethod
     def loss(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ the optimizer's hyperparameters (learning rate and its schedule, momentum, weigh
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import math
@@ -91,21 +90,23 @@ class TrainingRun(UnrolledProblem):
         tuned = dict(tuned if tuned is not None else {"lr": 0.01})
         fixed = {**optimizer_fixed, **dict(fixed or {})}
         accepted = set(inspect.signature(FUNCTIONAL[name].update).parameters) - {"params", "grads", "state"}
-        require("tuned", sorted(tuned), len(tuned) > 0 and all(k in accepted and k in TRANSFORMS for k in tuned),
-                f"a non-empty mapping from hyperparameters of {name!r} among {sorted(accepted & set(TRANSFORMS))} "
-                "to their initial values")
+        tunable = sorted(accepted & set(TRANSFORMS))
+        require("tuned", sorted(tuned), len(tuned) > 0 and all(k in tunable for k in tuned),
+                f"a non-empty mapping from hyperparameters of {name!r} among {tunable} to initial values")
         for key, value in tuned.items():
             low = 0.0
             high = 1.0 if TRANSFORMS[key] == "logit" else math.inf
             require(f"tuned.{key}", value, isinstance(value, (int, float)) and low < value < high,
                     f"a number in ({low}, {high})")
         require("schedule", schedule, schedule in _SCHEDULES, f"one of {_SCHEDULES}")
-        require("per_layer", list(per_layer), all(k in tuned for k in per_layer), f"names among {sorted(tuned)}")
+        require("per_layer", list(per_layer), all(k in tuned for k in per_layer),
+                f"names among {sorted(tuned)}")
         require("meta_split", meta_split, meta_split in ("train", "val"), "'train' or 'val'")
         require("horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
         for key in tuned:
             fixed.pop(key, None)
-        require("fixed", sorted(fixed), all(k in accepted for k in fixed), f"hyperparameters of {name!r}: {sorted(accepted)}")
+        require("fixed", sorted(fixed), all(k in accepted for k in fixed),
+                f"hyperparameters of {name!r}: {sorted(accepted)}")
 
         self.task = task
         self.optimizer_name = name
@@ -136,7 +137,8 @@ class TrainingRun(UnrolledProblem):
                 for phase in phases:
                     self.entries.append((key, layer, phase))
                     theta0.append(_forward(TRANSFORMS[key], float(value)))
-                    suffix = (f"_{phase}" if phase else "") + (f".{layers[layer]}" if layer is not None else "")
+                    suffix = f"_{phase}" if phase else ""
+                    suffix += f".{layers[layer]}" if layer is not None else ""
                     names.append(f"{TRANSFORMS[key]}_{key}{suffix}")
         self.dim = len(self.entries)
         self._theta0 = torch.tensor(theta0, device=self.device)
@@ -218,7 +220,8 @@ class TrainingRun(UnrolledProblem):
         params, opt = self._update(tuple(leaves), grads, opt, hyper)
         return params, opt, loss
 
-    def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor, num_streams: int):
+    def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor,
+                 num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = getattr(self.task.data, split)
         index = torch.randint(len(inputs), (num_streams, self.batch_size), generator=generator)
         index = index.to(self.device)[streams]
@@ -264,7 +267,8 @@ class TrainingRun(UnrolledProblem):
     def theta_for(self, **values: float) -> torch.Tensor:
         """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
         start), e.g. ``theta_for(lr=0.1, momentum=0.9)``: a constant schedule, the same for every layer."""
-        require("values", sorted(values), all(k in TRANSFORMS for k in values), f"names among {sorted(TRANSFORMS)}")
+        require("values", sorted(values), all(k in TRANSFORMS for k in values),
+                f"names among {sorted(TRANSFORMS)}")
         theta = self.initial_theta()
         for column, (key, _, _) in enumerate(self.entries):
             if key in values:

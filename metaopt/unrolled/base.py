@@ -71,7 +71,8 @@ class GradientEstimator:
                 f"a number whose {'pairs' if self.antithetic else 'particles'} split evenly across the "
                 f"{self.world_size} processes")
         per_rank = self.num_streams // self.world_size
-        self.local_streams = torch.arange(self.rank * per_rank, (self.rank + 1) * per_rank, device=problem.device)
+        first = self.rank * per_rank
+        self.local_streams = torch.arange(first, first + per_rank, device=problem.device)
         # Particle streams on this rank: the positive block, then (antithetic) the negative block.
         self.streams = torch.cat([self.local_streams] * (2 if self.antithetic else 1))
         self.noise_generator = torch.Generator().manual_seed(seed)
@@ -87,7 +88,7 @@ class GradientEstimator:
         return theta.detach().to(self.problem.device)
 
     def _sample_noise(self, pairs: int | None = None) -> torch.Tensor:
-        """``ε ~ N(0, σ²I)`` for all streams (every rank draws the same), this rank's rows, signed per particle."""
+        """``ε ~ N(0, σ²I)`` for all streams (every rank draws all), this rank's rows, signed per particle."""
         noise = torch.randn(pairs or self.num_streams, self.problem.dim, generator=self.noise_generator)
         noise = (self.sigma * noise).to(self.problem.device)
         return self._local(noise)
@@ -98,7 +99,7 @@ class GradientEstimator:
         return torch.cat([rows, -rows]) if self.antithetic else rows
 
     def _staggered_steps(self, stagger: bool) -> torch.Tensor:
-        """Initial inner steps: 0 (lockstep) or, per stream, uniform over the horizon (multiples of K if K | T)."""
+        """Initial inner steps: 0 (lockstep) or uniform per stream over the horizon (K-multiples if K|T)."""
         horizon = self.problem.horizon
         if not stagger or horizon is None:
             return torch.zeros(self.local_particles, dtype=torch.long, device=self.problem.device)
@@ -128,7 +129,7 @@ class GradientEstimator:
 
     def _reduce(self, weighted: torch.Tensor, unroll_loss: torch.Tensor,
                 kept: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``ĝ = Σ_i w_i / (n σ²)`` over the ``n`` kept particles of all ranks (``w_i``: Σ_k L_k^(i)·perturbation)."""
+        """``ĝ = Σ_i w_i / (nσ²)`` over the ``n`` kept particles of all ranks (``w_i``: loss·perturbation)."""
         weighted = torch.where(kept[:, None], weighted, torch.zeros_like(weighted))
         kept_loss = torch.where(kept, unroll_loss, torch.zeros_like(unroll_loss))
         totals = torch.cat([weighted.sum(0), kept_loss.sum()[None], kept.sum()[None].to(weighted.dtype),

@@ -25,7 +25,8 @@ class FullES(GradientEstimator):
                  truncation_length: int | None = None, antithetic: bool = True, seed: int = 0):
         require("problem.horizon", problem.horizon, problem.horizon is not None,
                 "a finite horizon (full-unroll ES needs inner problems that end)")
-        super().__init__(problem, num_particles, sigma, truncation_length or problem.horizon, antithetic, seed)
+        truncation_length = truncation_length or problem.horizon
+        super().__init__(problem, num_particles, sigma, truncation_length, antithetic, seed)
 
     @torch.no_grad()
     def estimate(self, theta: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

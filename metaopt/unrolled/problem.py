@@ -22,7 +22,7 @@ ParticleState = dict[str, Any]
 
 
 def where_particles(mask: torch.Tensor, new: Any, old: Any) -> Any:
-    """Per particle, ``new`` where ``mask`` else ``old`` (leaves of ``new`` may lack the particle dimension)."""
+    """Per particle, ``new`` where ``mask`` else ``old`` (leaves of ``new`` may lack the particle axis)."""
     if isinstance(old, dict):
         return {k: where_particles(mask, new[k], v) for k, v in old.items()}
     if isinstance(old, (list, tuple)):
@@ -32,7 +32,7 @@ def where_particles(mask: torch.Tensor, new: Any, old: Any) -> Any:
 
 
 class UnrolledProblem(ABC):
-    """An inner problem of horizon ``T`` whose dynamics ``s_{t+1} = f(s_t, x_t; θ)`` are unrolled in truncations.
+    """An inner problem of horizon ``T``, dynamics ``s_{t+1} = f(s_t, x_t; θ)``, unrolled in truncations.
 
     Subclasses define ``dim`` (the size of θ), ``horizon`` (``T``; ``None`` for a problem that never
     resets), ``initial_theta()``, ``init_state`` and ``_unroll``. ``unroll`` advances every particle

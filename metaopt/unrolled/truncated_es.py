@@ -36,9 +36,9 @@ class TruncatedES(GradientEstimator):
         _, losses, resets = self._unroll(start, theta + epsilon)
         after_particles = self.data_generator.get_state()
         self.data_generator.set_state(generator_state)
+        stream_zero = torch.zeros(1, dtype=torch.long, device=self.problem.device)
         self.shared, _, _ = self.problem.unroll(self.shared, theta[None], self.truncation_length,
-                                                self.data_generator, torch.zeros(1, dtype=torch.long, device=self.problem.device),
-                                                self.num_streams)
+                                                self.data_generator, stream_zero, self.num_streams)
         self.data_generator.set_state(after_particles)
         unroll_loss = losses.sum(0)
         kept = self._kept(losses)

@@ -58,7 +58,7 @@ class LinearQuadratic(UnrolledProblem):
         return {"step": step, "s": s}, torch.stack(losses), torch.stack(resets)
 
     def truncation_losses(self, theta, truncation_length):
-        """``L^(τ)`` of each truncation of one inner problem, differentiable in ``theta`` (autograd reference)."""
+        """``L^(τ)`` of each truncation of one inner problem, differentiable in ``theta`` (the reference)."""
         _, losses, _ = self._unroll(self.init_state(1), theta[None], self.horizon, None, None, 0)
         return losses[:, 0].reshape(-1, truncation_length).sum(1)
 
