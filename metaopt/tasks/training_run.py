@@ -266,13 +266,17 @@ class TrainingRun(UnrolledProblem):
     # -- evaluation ------------------------------------------------------------------------------
     def theta_for(self, **values: float) -> torch.Tensor:
         """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
-        start), e.g. ``theta_for(lr=0.1, momentum=0.9)``: a constant schedule, the same for every layer."""
+        start), e.g. ``theta_for(lr=0.1, momentum=0.0)``: a constant schedule, the same for every layer.
+        Values on the boundary of a logit-transformed range (momentum 0) are moved 1e-6 inside it."""
         require("values", sorted(values), all(k in TRANSFORMS for k in values),
                 f"names among {sorted(TRANSFORMS)}")
         theta = self.initial_theta()
         for column, (key, _, _) in enumerate(self.entries):
             if key in values:
-                theta[column] = _forward(TRANSFORMS[key], float(values[key]))
+                value = float(values[key])
+                if TRANSFORMS[key] == "logit":
+                    value = min(max(value, 1e-6), 1 - 1e-6)
+                theta[column] = _forward(TRANSFORMS[key], value)
         return theta
 
     @torch.no_grad()
