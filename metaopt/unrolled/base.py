@@ -39,8 +39,9 @@ class GradientEstimator:
 
     ``info`` holds ``loss`` (the mean unroll loss ``L^(τ)`` over the particles kept, all ranks),
     ``losses`` and ``resets`` (this rank's particles), ``diverged`` (this rank's particles whose loss
-    was NaN/Inf: they and their antithetic partners are dropped from the estimate and reset) and
-    ``num_diverged`` (all ranks).
+    was NaN/Inf: they and their antithetic partners are dropped from the estimate and reset),
+    ``num_diverged`` (all ranks) and ``particle_estimates`` (this rank's per-particle terms whose
+    mean over kept particles is the estimate; zero rows where dropped), for variance diagnostics.
     """
 
     uses_noise = True
@@ -138,7 +139,8 @@ class GradientEstimator:
         dim = self.problem.dim
         count = totals[dim + 1]
         gradient = totals[:dim] / (count.clamp_min(1) * self.sigma**2)
-        info = {"loss": float(totals[dim] / count.clamp_min(1)), "num_diverged": int(totals[dim + 2])}
+        info = {"loss": float(totals[dim] / count.clamp_min(1)), "num_diverged": int(totals[dim + 2]),
+                "particle_estimates": weighted / self.sigma**2}
         return gradient, info
 
     def estimate(self, theta: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
