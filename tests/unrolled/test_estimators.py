@@ -194,3 +194,62 @@ def test_pes_accumulator_restarts_at_resets(linear_quadratic):
     torch.testing.assert_close(pes.accumulator, torch.cat([draws[1], -draws[1]]))
     pes.estimate(theta)
     assert (pes.accumulator == 0).all()
+
+
+def test_training_run_particle_losses_match_the_task_loss(digits_task):
+    problem = _training_run(digits_task)
+    state = problem.init_state(3)
+    state["params"] = [p + 0.1 * torch.randn_like(p) for p in state["params"]]
+    inputs, targets = digits_task.data.val
+    losses = problem.particle_losses(state["params"], inputs[:50].expand(3, -1, -1),
+                                     targets[:50].expand(3, -1))
+    for i in range(3):
+        with torch.no_grad():
+            for p, value in zip(problem.model.parameters(), state["params"]):
+                p.copy_(value[i])
+        expected = digits_task.loss(problem.model(inputs[:50]), targets[:50])
+        torch.testing.assert_close(losses[i], expected)
+
+
+def test_training_run_matches_torch_sgd_with_its_schedule(digits_task):
+    """One particle of the vectorized TrainingRun trains exactly as torch.optim.SGD with lr_t set each step."""
+    problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=5,
+                          meta_split="train")
+    theta = problem.initial_theta() + torch.tensor([0.0, -1.0, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    state, _, _ = problem._run(problem.init_state(1), theta[None], 5, generator, torch.zeros(1, dtype=torch.long),
+                               1, reset=False)
+    model = problem.model
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), problem.initial_params):
+            p.copy_(value)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = digits_task.data.train
+    for t in range(5):
+        index = torch.randint(len(inputs), (1, 64), generator=generator)[0]
+        optimizer.param_groups[0]["lr"] = float(0.05 * (1 - t / 5) + 0.05 * torch.e**-1 * t / 5)
+        optimizer.zero_grad()
+        digits_task.loss(model(inputs[index]), targets[index]).backward()
+        optimizer.step()
+    for p, value in zip(model.parameters(), state["params"]):
+        torch.testing.assert_close(value[0], p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_run_maps_torch_optimizer_configs(digits_task):
+    import functools
+
+    adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0,
+                             foreach=None)
+    problem = TrainingRun(digits_task, adam, tuned={"lr": 1e-3, "beta1": 0.8}, per_layer=["lr"], horizon=4)
+    assert problem.optimizer_name == "adam"
+    assert problem.fixed == {"beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}
+    assert problem.theta_names == ["log_lr.1", "log_lr.3", "logit_beta1"]
+    hyper = problem.hyperparameters(problem.initial_theta()[None], torch.zeros(1, dtype=torch.long))
+    assert len(hyper["lr"]) == 4  # one per parameter tensor: weight and bias of each layer
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainingRun(digits_task, functools.partial(torch.optim.RMSprop, lr=0.1))
+    with pytest.raises(ValueError, match="tuned"):
+        TrainingRun(digits_task, "sgd", tuned={"betas": 0.9})
+    with pytest.raises(ValueError, match="tuned.momentum"):
+        TrainingRun(digits_task, "sgd", tuned={"lr": 0.1, "momentum": 1.0})
