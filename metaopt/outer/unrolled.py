@@ -41,6 +41,8 @@ class UnrolledLoop:
     ``outer_optimizer`` are factories (``_partial_`` configs); any ``torch.optim`` or metaopt optimizer
     works as the outer optimizer. ``grid`` (TrainingRun only), e.g. ``{lr: [...], momentum: [...]}``,
     is a set of fixed settings evaluated at the end for comparison with the start and the tuned θ.
+    ``num_threads`` sets torch's intra-op threads for the run: the particles' batched matmuls are small,
+    and on a loaded CPU extra threads mostly wait on each other (1 is often fastest on small machines).
 
     Under ``torchrun`` every process holds a block of the particles; the estimate is all-reduced, so θ
     and the outer optimizer state are identical on every rank. The state dict holds this rank's
@@ -50,10 +52,14 @@ class UnrolledLoop:
     def __init__(self, task: SupervisedTask | UnrolledProblem, estimator: Callable, outer_optimizer: Callable,
                  optimizer: Callable | str | None = None, generator: torch.Generator | None = None,
                  problem: Mapping[str, Any] | None = None, steps: int = 500, eval_every: int = 100,
-                 grid: Mapping[str, Sequence[float]] | None = None):
+                 grid: Mapping[str, Sequence[float]] | None = None, num_threads: int | None = None):
         require("outer.steps", steps, isinstance(steps, int) and steps > 0, "a positive integer")
         require("outer.eval_every", eval_every, isinstance(eval_every, int) and eval_every >= 0,
                 "a non-negative integer (0: only at the end)")
+        threads_ok = num_threads is None or (isinstance(num_threads, int) and num_threads > 0)
+        require("outer.num_threads", num_threads, threads_ok, "null (torch's default) or a positive integer")
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         problem_args = dict(_plain(problem) or {})
         if isinstance(task, UnrolledProblem):
             self.problem = task

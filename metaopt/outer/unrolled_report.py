@@ -82,8 +82,10 @@ def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final:
             per_layer = isinstance(lr, list)
             lr = lr[0] if per_layer else lr
             accuracy = final.get(label.replace(" ", "_"), {}).get("val_accuracy")
-            suffix = f" (val acc {accuracy:.3f})" if accuracy is not None else ""
-            ax.plot(steps, lr, label=f"{label}{suffix}")
+            momentum = problem.describe(theta).get("momentum")
+            suffix = f", momentum {momentum:.2f}" if momentum is not None else ""
+            suffix += f", val acc {accuracy:.3f}" if accuracy is not None else ""
+            ax.plot(steps, lr, label=label + suffix)
         ax.set_yscale("log")
         ax.set_xlabel("inner step")
         ax.set_title("learning rate" + (" (first layer)" if per_layer else ""))
