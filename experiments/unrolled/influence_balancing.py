@@ -56,7 +56,7 @@ def main() -> None:
     fig.savefig(HERE / "influence_balancing.png", dpi=100)
     plt.close(fig)
     write("influence_balancing.md", markdown_table(
-        ["estimator", "final θ", "|θ − θ*|", "first step with |θ − θ*| < 1e-3", "first loss", "final loss",
+        ["estimator", "final θ", "distance to θ*", "first step within 1e-3 of θ*", "first loss", "final loss",
          "seconds"], rows))
 
 
