@@ -36,8 +36,10 @@ TARGET = 10.0
 
 
 def _problem(device: str) -> TrainingRun:
-    task = SupervisedTask(load_digits(), lambda in_features, out_features: MLP(in_features, out_features, (64,)),
-                          batch_size=64, device=device)
+    def model(in_features, out_features):
+        return MLP(in_features, out_features, (64,))
+
+    task = SupervisedTask(load_digits(), model, batch_size=64, device=device)
     return TrainingRun(task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=200)
 
 
@@ -84,16 +86,17 @@ def _loop_throughput(problem: TrainingRun, num_particles: int, device: str, reps
         noise = 0.1 * torch.randn(num_particles // 2, problem.dim, generator=generator).to(device)
         noise = torch.cat([noise, -noise])
         for step in range(K):
-            train_index = torch.randint(len(x_train), (num_particles // 2, 64), generator=generator).to(device)
-            val_index = torch.randint(len(x_val), (num_particles // 2, 64), generator=generator).to(device)
+            pairs = num_particles // 2
+            train_index = torch.randint(len(x_train), (pairs, 64), generator=generator).to(device)
+            val_index = torch.randint(len(x_val), (pairs, 64), generator=generator).to(device)
             for i in range(num_particles):
                 params, state = particles[i]
-                pair = i % (num_particles // 2)
+                pair = i % pairs
                 hyper = problem.hyperparameters((theta + noise[i])[None], torch.tensor([step], device=device))
                 with torch.enable_grad():
                     leaves = [p.detach().requires_grad_() for p in params]
-                    grads = torch.autograd.grad(loss(leaves, x_train[train_index[pair]], y_train[train_index[pair]]),
-                                                leaves)
+                    index = train_index[pair]
+                    grads = torch.autograd.grad(loss(leaves, x_train[index], y_train[index]), leaves)
                 params, state = sgd.update(tuple(p.detach() for p in leaves), grads, state,
                                            lr=hyper["lr"][0], momentum=hyper["momentum"][0])
                 loss(params, x_val[val_index[pair]], y_val[val_index[pair]])
@@ -164,7 +167,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _distributed_worker(rank: int, world_size: int, port: int, num_particles: int, reps: int, out: str) -> None:
+def _distributed_worker(rank: int, world_size: int, port: int, num_particles: int, reps: int,
+                        out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -198,7 +202,7 @@ def _processes_table(quick: bool) -> dict:
         "title": f"PES on digits_mlp, {num_particles} particles: torch.distributed processes (gloo, CPU)",
         "columns": ["processes", "particle-steps / s", "speedup vs 1 process"],
         "rows": rows,
-        "notes": f"One thread per process; {os.cpu_count()} CPU cores on this machine (shared with other jobs).",
+        "notes": f"One thread per process; {os.cpu_count()} CPU cores on this machine (maybe shared).",
     }
 
 

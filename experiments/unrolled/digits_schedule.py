@@ -86,7 +86,8 @@ def main() -> None:
     fig.savefig(HERE / "digits_schedule.png", dpi=100)
     plt.close(fig)
     write("digits_schedule.md", markdown_table(
-        ["", "setting", "meta-objective", "val loss", "val accuracy", "test accuracy", "tuning seconds"], rows))
+        ["", "setting", "meta-objective", "val loss", "val accuracy", "test accuracy", "tuning seconds"],
+        rows))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def main() -> None:
     fig.savefig(HERE / "toy2d_schedule.png", dpi=100)
     plt.close(fig)
     rows.append(["grid optimum", "", f"({best[0]:.2f}, {best[1]:.2f})", float(surface.min()), ""])
-    rows.append(["start", "", "(-4.00, -4.00)", float(problem.meta_loss(problem.initial_theta()[None])[0]), ""])
+    start = float(problem.meta_loss(problem.initial_theta()[None])[0])
+    rows.append(["start", "", "(-4.00, -4.00)", start, ""])
     write("toy2d_schedule.md", markdown_table(["estimator", "outer steps", "final θ", "meta-loss", "seconds"],
                                               rows))
 

@@ -35,8 +35,8 @@ def main() -> None:
     problem = InfluenceBalancing()
     theta = torch.tensor([problem.optimum + 0.1])
     results = {
-        "PES": pair_variances(PES(problem, 2 * PAIRS, sigma=SIGMA, truncation_length=K, seed=0), theta),
-        "ES-Single": pair_variances(ESSingle(problem, 2 * PAIRS, sigma=SIGMA, truncation_length=K, seed=0), theta),
+        label: pair_variances(cls(problem, 2 * PAIRS, sigma=SIGMA, truncation_length=K, seed=0), theta)
+        for label, cls in (("PES", PES), ("ES-Single", ESSingle))
     }
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label, variances in results.items():
@@ -51,7 +51,8 @@ def main() -> None:
     fig.savefig(HERE / "variance.png", dpi=100)
     plt.close(fig)
     rows = [[label, v[0], v[9], v[UNROLLS - 1], v[UNROLLS - 1] / v[0]] for label, v in results.items()]
-    write("variance.md", markdown_table(["estimator", "τ=1", "τ=10", f"τ={UNROLLS}", f"τ={UNROLLS} / τ=1"], rows))
+    header = ["estimator", "τ=1", "τ=10", f"τ={UNROLLS}", f"τ={UNROLLS} / τ=1"]
+    write("variance.md", markdown_table(header, rows))
 
 
 if __name__ == "__main__":

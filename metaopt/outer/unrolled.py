@@ -13,6 +13,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
+from metaopt.tasks.data import Split, SplitData
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.training_run import TrainingRun
 from metaopt.unrolled.problem import UnrolledProblem
@@ -28,6 +29,16 @@ def init_distributed(device: torch.device) -> None:
     """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) when there are several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _rank_device(task: SupervisedTask) -> None:
+    """Under ``torchrun`` with CUDA, move the task's data to this process's GPU (``cuda:LOCAL_RANK``)."""
+    if task.device.type != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    task.data = SplitData(*(Split(s.inputs.to(device), s.targets.to(device)) for s in task.data))
+    task.device = device
 
 
 class UnrolledLoop:
@@ -66,6 +77,7 @@ class UnrolledLoop:
         else:
             require("task", type(task).__name__, isinstance(task, SupervisedTask),
                     "a SupervisedTask or an UnrolledProblem")
+            _rank_device(task)
             self.problem = TrainingRun(task, optimizer if optimizer is not None else "sgd", **problem_args)
         self.grid = {k: list(v) for k, v in (_plain(grid) or {}).items()}
         require("outer.grid", self.grid, not self.grid or isinstance(self.problem, TrainingRun),

@@ -78,6 +78,7 @@ def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final:
             schedules["grid best"] = problem.theta_for(**values)
         per_layer = False
         for label, theta in schedules.items():
+            theta = theta.cpu()
             lr = problem.hyperparameters(theta[None].expand(len(steps), -1), steps)["lr"]
             per_layer = isinstance(lr, list)
             lr = lr[0] if per_layer else lr

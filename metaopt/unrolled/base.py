@@ -88,9 +88,9 @@ class GradientEstimator:
                 f"a 1-D tensor of size {self.problem.dim} (the outer parameters of the problem)")
         return theta.detach().to(self.problem.device)
 
-    def _sample_noise(self, pairs: int | None = None) -> torch.Tensor:
+    def _sample_noise(self) -> torch.Tensor:
         """``ε ~ N(0, σ²I)`` for all streams (every rank draws all), this rank's rows, signed per particle."""
-        noise = torch.randn(pairs or self.num_streams, self.problem.dim, generator=self.noise_generator)
+        noise = torch.randn(self.num_streams, self.problem.dim, generator=self.noise_generator)
         noise = (self.sigma * noise).to(self.problem.device)
         return self._local(noise)
 
@@ -161,6 +161,15 @@ class GradientEstimator:
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (tensors in dicts and lists, e.g. a checkpointed particle state) moved to ``device``."""
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value.to(device)
 
 
 def split_at_reset(losses: torch.Tensor, resets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
-from metaopt.unrolled.base import GradientEstimator
+from metaopt.unrolled.base import GradientEstimator, to_device
 from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["ESSingle"]
@@ -57,4 +57,5 @@ class ESSingle(GradientEstimator):
         return {"state": self.state, "epsilon": self.epsilon}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.state, self.epsilon = state["state"], state["epsilon"]
+        self.state = to_device(state["state"], self.problem.device)
+        self.epsilon = to_device(state["epsilon"], self.problem.device)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from metaopt.unrolled.base import GradientEstimator, split_at_reset
+from metaopt.unrolled.base import GradientEstimator, split_at_reset, to_device
 from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["PES"]
@@ -58,4 +58,5 @@ class PES(GradientEstimator):
         return {"state": self.state, "accumulator": self.accumulator}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.state, self.accumulator = state["state"], state["accumulator"]
+        self.state = to_device(state["state"], self.problem.device)
+        self.accumulator = to_device(state["accumulator"], self.problem.device)

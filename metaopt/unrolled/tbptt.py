@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from metaopt.unrolled.base import GradientEstimator
+from metaopt.unrolled.base import GradientEstimator, to_device
 from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["TBPTT"]
@@ -50,7 +50,7 @@ class TBPTT(GradientEstimator):
         return {"state": self.state}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.state = state["state"]
+        self.state = to_device(state["state"], self.problem.device)
 
 
 def _detach(value: Any) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from metaopt.unrolled.base import GradientEstimator
+from metaopt.unrolled.base import GradientEstimator, to_device
 from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["TruncatedES"]
@@ -50,7 +50,7 @@ class TruncatedES(GradientEstimator):
         return {"shared": self.shared}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
-        self.shared = state["shared"]
+        self.shared = to_device(state["shared"], self.problem.device)
 
 
 def _repeat(value: Any, n: int) -> Any:

@@ -212,13 +212,13 @@ def test_training_run_particle_losses_match_the_task_loss(digits_task):
 
 
 def test_training_run_matches_torch_sgd_with_its_schedule(digits_task):
-    """One particle of the vectorized TrainingRun trains exactly as torch.optim.SGD with lr_t set each step."""
-    problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=5,
-                          meta_split="train")
+    """One particle of the vectorized TrainingRun trains as torch.optim.SGD with lr_t set at each step."""
+    problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
+                          horizon=5, meta_split="train")
     theta = problem.initial_theta() + torch.tensor([0.0, -1.0, 0.0])
     generator = torch.Generator().manual_seed(0)
-    state, _, _ = problem._run(problem.init_state(1), theta[None], 5, generator, torch.zeros(1, dtype=torch.long),
-                               1, reset=False)
+    state, _, _ = problem._run(problem.init_state(1), theta[None], 5, generator,
+                               torch.zeros(1, dtype=torch.long), 1, reset=False)
     model = problem.model
     with torch.no_grad():
         for p, value in zip(model.parameters(), problem.initial_params):
