@@ -1,4 +1,4 @@
-"""Influence balancing (Tallec & Ollivier, 2017; PES paper, Sec. 5.1): a linear system with long memory."""
+"""Influence balancing (Tallec & Ollivier, 2017; the PES paper): a linear system with long memory."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class InfluenceBalancing(UnrolledProblem):
     The loss of an unroll is ``½(s[0] − 1)²`` at its last step (zero at the other steps). The long-run
     fixed point has ``s[0] = −6θ`` for the default ``dim=23, num_positive=10``, so the optimum is
     ``θ* = −1/6`` (``optimum``); short truncations see only the immediate, opposite-signed influence of θ
-    and push it the wrong way (Vicol et al., 2021, Fig. 3).
+    and push it the wrong way (Vicol et al., 2021).
     """
 
     horizon = None

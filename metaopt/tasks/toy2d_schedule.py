@@ -1,4 +1,4 @@
-"""The chaotic 2-D learning-rate schedule task of the PES paper (Vicol et al., 2021, Sec. 5.2, Fig. 5)."""
+"""The chaotic 2-D learning-rate schedule task of the PES paper (Vicol et al., 2021)."""
 
 from __future__ import annotations
 

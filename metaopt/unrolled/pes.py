@@ -16,8 +16,8 @@ class PES(GradientEstimator):
     """PES: each particle keeps its own inner state, advanced only under its own perturbed θ.
 
     Every truncation τ draws a fresh ``ε_τ``, accumulates ``ξ_τ = ξ_{τ−1} + ε_τ`` (the sum includes the
-    current ε) and estimates ``ĝ = Σ_i ξ_τ^(i) L_τ^(i) / (Nσ²)`` (Vicol et al., 2021, Eq. 7; with
-    antithetic pairs, Algorithm 2). A particle that reaches the end of its horizon inside the truncation
+    current ε) and estimates ``ĝ = Σ_i ξ_τ^(i) L_τ^(i) / (Nσ²)`` (Vicol, Metz & Sohl-Dickstein, 2021;
+    antithetic pairs as in the paper). A particle that reaches the end of its horizon inside the truncation
     weights the losses up to its reset by ``ξ_{τ−1} + ε_τ`` and those after it by ``ε_τ`` alone, and
     carries ``ε_τ`` (or nothing, when the reset was the truncation's last step) into the next
     accumulator: the new inner problem was perturbed only by ``ε_τ``. Unbiased for the Gaussian-

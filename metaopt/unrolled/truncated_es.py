@@ -17,7 +17,7 @@ class TruncatedES(GradientEstimator):
 
     Afterwards ``s̄`` is advanced ``K`` steps with the unperturbed θ. The estimate ignores how θ acted
     on ``s̄`` in earlier truncations, so it is biased towards short-horizon behaviour (Vicol et al.,
-    2021, Sec. 3). Used as the baseline PES improves upon.
+    2021). Used as the baseline PES improves upon.
     """
 
     def __init__(self, problem: UnrolledProblem, num_particles: int, sigma: float = 0.01,
