@@ -121,3 +121,19 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             assert got["estimate_norm"] == pytest.approx(want["estimate_norm"], rel=1e-3)
     # θ is bit-identical across ranks: both applied the same all-reduced estimate.
     assert torch.equal(results[0][0], results[1][0])
+
+
+def test_runner_resumes_a_killed_run_exactly(tmp_path):
+    """A run killed after step 2 (its last checkpoint at step 1) and resumed with ``resume=<folder>`` ends
+    where an uninterrupted run ends (θ, particles, accumulators, generators, Adam state all restored)."""
+    from metaopt.run import run
+
+    common = ["optimizer=sgd", "outer=pes", *SMALL, "outer.steps=4", "name=resume", "logger=none",
+              "progress=false", "checkpoint_every=2"]
+    straight = run(_config(common), tmp_path / "straight")
+    # The "killed" run: it stops after step 2; the runner checkpoints every step but the last.
+    run(_config([*common, "outer.steps=2", "checkpoint_every=1"]), tmp_path / "killed")
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
+    resumed = run(_config([*common, f"resume={tmp_path / 'killed'}"]), tmp_path / "unused")
+    for key in ("theta.lr_start", "theta.lr_end", "theta.momentum", "val_loss"):
+        assert resumed[key] == straight[key]
