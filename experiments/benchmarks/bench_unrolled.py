@@ -4,7 +4,8 @@ Throughput is inner steps × particles per second of ``PES.estimate`` (truncatio
 step is a minibatch gradient, an SGD-momentum update and a validation-minibatch meta-loss). The
 baseline runs the same math one particle at a time (``functional_call`` + autograd + the functional
 SGD core, unbatched), in the same process; the unbatched training step is a plain ``nn.Module`` +
-``torch.optim.SGD`` step on one minibatch. Every figure is a median over repetitions after a warm-up.
+``torch.optim.SGD`` step on one minibatch. Every figure is a median over repetitions after a warm-up,
+and the rows of a table are measured in alternation, so that load on a shared machine hits them alike.
 Target: vectorized ≥ 10× the loop at 256 particles. With 2 processes (gloo, one thread each) the
 particles are split across ranks. Run alone: ``python -m experiments.benchmarks.bench_unrolled [--quick]``.
 """
@@ -61,14 +62,13 @@ def _median_seconds(fn: Callable[[], None], device: str, reps: int, warmup: int 
     return statistics.median(times)
 
 
-def _vectorized_throughput(problem: TrainingRun, num_particles: int, device: str, reps: int) -> float:
+def _vectorized_truncation(problem: TrainingRun, num_particles: int) -> Callable[[], None]:
     estimator = PES(problem, num_particles, sigma=0.1, truncation_length=K, seed=0)
     theta = problem.initial_theta()
-    seconds = _median_seconds(lambda: estimator.estimate(theta), device, reps)
-    return num_particles * K / seconds
+    return lambda: estimator.estimate(theta)
 
 
-def _loop_throughput(problem: TrainingRun, num_particles: int, device: str, reps: int) -> float:
+def _loop_truncation(problem: TrainingRun, num_particles: int, device: str) -> Callable[[], None]:
     """The same PES truncation, one particle at a time: unbatched autograd and functional SGD."""
     model, names, task = problem.model, problem.param_names, problem.task
     sgd = FUNCTIONAL["sgd"]
@@ -102,12 +102,27 @@ def _loop_throughput(problem: TrainingRun, num_particles: int, device: str, reps
                 loss(params, x_val[val_index[pair]], y_val[val_index[pair]])
                 particles[i] = (params, state)
 
-    with torch.no_grad():
-        seconds = _median_seconds(truncation, device, reps, warmup=1)
-    return num_particles * K / seconds
+    return torch.no_grad()(truncation)
 
 
-def _unbatched_step_seconds(problem: TrainingRun, device: str, reps: int) -> float:
+def _interleaved(functions: dict[str, Callable[[], None]], device: str, reps: int) -> dict[str, float]:
+    """Median seconds of each function, measured in alternation (so that load on a shared machine hits
+    all of them alike), after one warm-up call each."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for fn in functions.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in functions.items():
+            _sync(device)
+            began = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _unbatched_steps(problem: TrainingRun) -> Callable[[], None]:
+    """20 plain training steps (``nn.Module`` + ``torch.optim.SGD``) with a validation forward each."""
     task = problem.task
     model = task.build_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
@@ -122,15 +137,17 @@ def _unbatched_step_seconds(problem: TrainingRun, device: str, reps: int) -> flo
             inputs, targets = task.sample_batch(generator, split="val")
             task.loss(model(inputs), targets)
 
-    return _median_seconds(lambda: [step() for _ in range(20)], device, reps) / 20
+    return lambda: [step() for _ in range(20)]
 
 
 def _device_tables(device: str, quick: bool) -> list[dict]:
     problem = _problem(device)
     reps = 3 if quick else 7
-    vectorized = _vectorized_throughput(problem, 256, device, reps)
-    loop = _loop_throughput(problem, 256, device, 1 if quick else 3)
-    step = _unbatched_step_seconds(problem, device, reps)
+    seconds = _interleaved({"vectorized": _vectorized_truncation(problem, 256),
+                            "loop": _loop_truncation(problem, 256, device),
+                            "unbatched": _unbatched_steps(problem)}, device, 2 if quick else 5)
+    vectorized, loop = 256 * K / seconds["vectorized"], 256 * K / seconds["loop"]
+    step = seconds["unbatched"] / 20
     particle_step = 1.0 / vectorized
     tables = [{
         "title": f"PES particle throughput, digits_mlp TrainingRun, 256 particles ({device})",
@@ -151,7 +168,8 @@ def _device_tables(device: str, quick: bool) -> list[dict]:
     counts = [16, 64, 256] if quick else [16, 64, 256, 1024]
     if device == "cuda" and not quick:
         counts.append(4096)
-    throughputs = [_vectorized_throughput(problem, n, device, reps) for n in counts]
+    seconds = _interleaved({n: _vectorized_truncation(problem, n) for n in counts}, device, reps)
+    throughputs = [n * K / seconds[n] for n in counts]
     tables.append({
         "title": f"PES throughput against the number of particles ({device})",
         "columns": ["particles", "particle-steps / s", "ratio vs 16 particles"],

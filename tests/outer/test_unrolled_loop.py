@@ -20,6 +20,14 @@ SMALL = ["outer.problem.horizon=20", "outer.estimator.truncation_length=5", "out
          "outer.eval_every=0"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=overrides)
