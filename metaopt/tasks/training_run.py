@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,16 +42,19 @@ def functional_optimizer_name(optimizer: str | Callable) -> tuple[str, dict[str,
     """The ``FUNCTIONAL`` entry and fixed hyperparameters for an optimizer given by name or factory.
 
     A factory is what ``cfg.optimizer`` instantiates to (``functools.partial(torch.optim.SGD, lr=…)``,
-    or one of metaopt's optimizers): the lower-cased class name selects the functional core
-    (``torch.optim.SGD`` → ``"sgd"``, ``torch.optim.Adam`` → ``"adam"``), its keyword arguments become
-    fixed hyperparameters (``betas`` is split into ``beta1``/``beta2``; ``foreach``/``fused``-style
-    implementation flags are dropped).
+    or one of metaopt's optimizers): the class name, lower-cased or in snake case, selects the
+    functional core (``torch.optim.SGD`` → ``"sgd"``, ``torch.optim.Adam`` → ``"adam"``, a
+    ``ComplexMomentum`` → ``"complex_momentum"``), its keyword arguments become fixed hyperparameters
+    (``betas`` is split into ``beta1``/``beta2``; ``foreach``/``fused``-style implementation flags are
+    dropped).
     """
     if isinstance(optimizer, str):
         name, keywords = optimizer, {}
     else:
         target = getattr(optimizer, "func", optimizer)
-        name = getattr(target, "__name__", str(target)).lower()
+        class_name = getattr(target, "__name__", str(target))
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", class_name).lower()
+        name = snake if snake in FUNCTIONAL else class_name.lower()
         keywords = dict(getattr(optimizer, "keywords", {}) or {})
     require("optimizer", name, name in FUNCTIONAL,
             f"an optimizer with a functional core, one of {sorted(FUNCTIONAL)}")
