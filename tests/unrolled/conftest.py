@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,7 +18,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def digits_task():
-    return instantiate(OmegaConf.load("conf/task/digits_mlp.yaml"))
+    return instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/task/digits_mlp.yaml"))
 
 
 class LinearQuadratic(UnrolledProblem):
