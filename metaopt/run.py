@@ -89,6 +89,12 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     origin = _startup_origin.pop() if _startup_origin else time.time()
     validate_config(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        # torchrun: rank 0 owns the run folder; each other rank logs locally and checkpoints its own
+        # share of the state (e.g. its particles) in a subfolder, and resumes from there.
+        folder = folder / f"rank{rank}"
+        checkpoint_path = folder / CHECKPOINT if checkpoint_path else None
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -110,7 +116,9 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     logger_kwargs = dict(names or {})
     if checkpoint is not None and checkpoint.get("wandb_id"):
         logger_kwargs["run_id"] = checkpoint["wandb_id"]
-    logger = instantiate(cfg.logger)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
+    logger_cfg = cfg.logger if rank == 0 else {"_target_": "metaopt.runner.loggers.LocalLogger",
+                                               "_partial_": True}
+    logger = instantiate(logger_cfg)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
                                      resume_step=start if checkpoint is not None else None, **logger_kwargs)
     exit_code = 1
     try:
@@ -128,7 +136,8 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
     count = 0
     startup_seconds = None
     bar = tqdm(total=loop.num_steps, initial=start, desc=cfg.get("name") or "train", mininterval=0.5,
-               dynamic_ncols=True, disable=cfg.get("progress") is False)
+               dynamic_ncols=True,
+               disable=cfg.get("progress") is False or int(os.environ.get("RANK", "0")) > 0)
     began = time.perf_counter()
     for step in range(start + 1, loop.num_steps + 1):
         if startup_seconds is None:

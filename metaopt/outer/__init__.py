@@ -2,5 +2,6 @@
 
 from metaopt.outer.loop import Loop
 from metaopt.outer.plain import PlainTraining
+from metaopt.outer.unrolled import UnrolledLoop
 
-__all__ = ["Loop", "PlainTraining"]
+__all__ = ["Loop", "PlainTraining", "UnrolledLoop"]
