@@ -75,8 +75,10 @@ def complex_adam(
         real = m_r + (1 - beta_r) * (g - m_r) - beta_i * m_i
         imag = beta_r * m_i + beta_i * (m_r - g)
         v = b2 * v + (1 - b2) * g * g
-        scale, ratio = bias_correction(b1, per_tensor(angle, i), step)
-        denom = v.sqrt() / (1 - b2**step) ** 0.5 + per_tensor(eps, i)
+        # Bias corrections in the parameters' precision (at least float32), not the counter's.
+        t = step.to(torch.promote_types(p.dtype, torch.float32))
+        scale, ratio = bias_correction(b1, per_tensor(angle, i), t)
+        denom = v.sqrt() / (1 - b2**t) ** 0.5 + per_tensor(eps, i)
         new_params.append(p - (per_tensor(lr, i) / scale) * (real + ratio * imag) / denom)
         new_real.append(real)
         new_imag.append(imag)
