@@ -5,7 +5,7 @@ Games", Section 4.3): Adam whose first-moment decay is complex, as a drop-in ``t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -57,7 +57,7 @@ class ComplexAdam(Optimizer):
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
         betas, angle, eps = group["betas"], group["angle"], group["eps"]
-        check_hyperparameter("betas", betas, isinstance(betas, (tuple, list)) and len(betas) == 2,
+        check_hyperparameter("betas", betas, isinstance(betas, Sequence) and len(betas) == 2,
                              "a pair (beta1, beta2)")
         for name, beta in zip(("betas[0]", "betas[1]"), betas):
             check_hyperparameter(name, beta, _is_real(beta) and 0.0 <= float(beta) < 1.0,
