@@ -1,4 +1,5 @@
-"""Games: several players trained with any optimizers, simultaneously or alternately (Lorraine et al., 2022)."""
+"""Games: several players trained with any optimizers, simultaneously or alternately
+(Lorraine et al., 2022)."""
 
 from metaopt.games.game import Game, Vector, game_step
 from metaopt.games.gan import GANMixture

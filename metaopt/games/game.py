@@ -38,7 +38,8 @@ class Game:
         """New players (initialised from torch's global RNG)."""
         raise NotImplementedError
 
-    def objectives(self, players: Mapping[str, nn.Module], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def objectives(self, players: Mapping[str, nn.Module],
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Every player's objective at the current strategies (stochastic games draw from ``generator``)."""
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
-"""A small GAN on a 2-D mixture of Gaussians on a ring (Metz et al., 2017; Lorraine et al., 2022, Section 4.3)."""
+"""A small GAN on a 2-D mixture of Gaussians on a ring (Metz et al., 2017; Lorraine et al., 2022,
+Section 4.3)."""
 
 from __future__ import annotations
 
@@ -32,17 +33,20 @@ class GANMixture(Game):
     maximize = {"generator": False, "discriminator": True}
 
     def __init__(self, num_modes: int = 8, radius: float = 2.0, std: float = 0.05, latent_dim: int = 16,
-                 hidden_sizes: Sequence[int] = (128, 128), batch_size: int = 256, loss: str = "non_saturating",
-                 num_eval_samples: int = 2000, min_mode_fraction: float = 0.02, eval_seed: int = 0):
-        require("task.num_modes", num_modes, isinstance(num_modes, int) and num_modes > 0, "a positive integer")
+                 hidden_sizes: Sequence[int] = (128, 128), batch_size: int = 256,
+                 loss: str = "non_saturating", num_eval_samples: int = 2000, min_mode_fraction: float = 0.02,
+                 eval_seed: int = 0):
+        for name, value in (("num_modes", num_modes), ("batch_size", batch_size), ("latent_dim", latent_dim),
+                            ("num_eval_samples", num_eval_samples)):
+            require(f"task.{name}", value, isinstance(value, int) and value > 0, "a positive integer")
         require("task.std", std, std > 0, "a number > 0")
-        require("task.batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "a positive integer")
         require("task.loss", loss, loss in _LOSSES, " or ".join(_LOSSES))
         angles = torch.arange(num_modes) * (2 * math.pi / num_modes)
         self.modes = radius * torch.stack([angles.cos(), angles.sin()], 1)
         self.std, self.latent_dim, self.hidden_sizes = std, latent_dim, tuple(hidden_sizes)
         self.batch_size, self.loss = batch_size, loss
-        self.num_eval_samples, self.min_mode_fraction, self.eval_seed = num_eval_samples, min_mode_fraction, eval_seed
+        self.num_eval_samples, self.min_mode_fraction = num_eval_samples, min_mode_fraction
+        self.eval_seed = eval_seed
 
     def build_players(self) -> dict[str, nn.Module]:
         return {"generator": MLP(self.latent_dim, 2, self.hidden_sizes, activation="relu"),
@@ -55,6 +59,10 @@ class GANMixture(Game):
     def sample_generator(self, players: Mapping[str, nn.Module], num: int, generator: torch.Generator):
         return players["generator"](torch.randn(num, self.latent_dim, generator=generator))
 
+    def eval_samples(self, players: Mapping[str, nn.Module]) -> torch.Tensor:
+        """``num_eval_samples`` generated points from the fixed latent draw ``eval_seed``."""
+        return self.sample_generator(players, self.num_eval_samples, torch.Generator().manual_seed(self.eval_seed))
+
     def objectives(self, players, generator):
         real_logits = players["discriminator"](self.sample_data(self.batch_size, generator))
         fake_logits = players["discriminator"](self.sample_generator(players, self.batch_size, generator))
@@ -65,7 +73,7 @@ class GANMixture(Game):
 
     @torch.no_grad()
     def evaluate(self, players) -> dict[str, float]:
-        samples = self.sample_generator(players, self.num_eval_samples, torch.Generator().manual_seed(self.eval_seed))
+        samples = self.eval_samples(players)
         distances, nearest = torch.cdist(samples, self.modes).min(1)
         good = distances < 3 * self.std
         counts = torch.bincount(nearest[good], minlength=len(self.modes))
@@ -79,7 +87,7 @@ class GANMixture(Game):
         import matplotlib.pyplot as plt
 
         with torch.no_grad():
-            samples = self.sample_generator(players, self.num_eval_samples, torch.Generator().manual_seed(self.eval_seed))
+            samples = self.eval_samples(players)
         fig, ax = plt.subplots(figsize=(4, 4))
         draw_samples(ax, samples, self.modes, self.std)
         metrics = self.evaluate(players)

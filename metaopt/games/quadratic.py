@@ -21,8 +21,11 @@ def conditioned_matrix(dim: int, condition_number: float, generator: torch.Gener
     """``U diag(s) Vᵀ`` with random orthogonal U, V (``V = U`` if symmetric) and s geometric from 1 to 1/κ."""
     exponents = torch.linspace(0, 1, dim, dtype=torch.float64) if dim > 1 else torch.zeros(1, dtype=torch.float64)
     values = condition_number ** (-exponents)
-    left, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    right = left if symmetric else torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))[0]
+
+    def orthogonal():
+        return torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))[0]
+    left = orthogonal()
+    right = left if symmetric else orthogonal()
     return (left * values @ right.T).to(dtype)
 
 
@@ -40,7 +43,8 @@ class QuadraticGame(Game):
         raise NotImplementedError
 
     def build_players(self) -> dict[str, nn.Module]:
-        return {name: Vector(self.init_scale * torch.randn(self.dim, dtype=self.dtype)) for name in ("x", "y")}
+        return {name: Vector(self.init_scale * torch.randn(self.dim, dtype=self.dtype))
+                for name in ("x", "y")}
 
     @torch.no_grad()
     def evaluate(self, players: Mapping[str, nn.Module]) -> dict[str, float]:
@@ -62,7 +66,8 @@ class BilinearGame(QuadraticGame):
                  data_seed: int = 0, dtype: str = "float64"):
         super().__init__(dim, init_scale, dtype)
         require("task.condition_number", condition_number, condition_number >= 1, "a number >= 1")
-        self.matrix = conditioned_matrix(dim, condition_number, torch.Generator().manual_seed(data_seed), self.dtype)
+        gen = torch.Generator().manual_seed(data_seed)
+        self.matrix = conditioned_matrix(dim, condition_number, gen, self.dtype)
 
     def objectives(self, players, generator):
         value = players["x"].weight @ self.matrix @ players["y"].weight

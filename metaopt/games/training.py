@@ -15,7 +15,7 @@ __all__ = ["GameTraining"]
 
 
 class GameTraining:
-    """Play ``steps`` rounds of ``task`` (a :class:`~metaopt.games.Game`), every player with its own optimizer.
+    """Play ``steps`` rounds of ``task`` (a :class:`~metaopt.games.Game`), each player with its optimizer.
 
     ``optimizer`` is the factory every player uses (a Hydra ``_partial_`` config, e.g. any
     ``torch.optim`` optimizer or :class:`~metaopt.optim.ComplexMomentum`); ``player_optimizers``
@@ -37,7 +37,8 @@ class GameTraining:
         self.players = task.build_players()
         factories = {name: optimizer for name in self.players}
         for name, factory in (player_optimizers or {}).items():
-            require("outer.player_optimizers", name, name in self.players, f"player names {list(self.players)}")
+            require("outer.player_optimizers", name, name in self.players,
+                    f"player names {list(self.players)}")
             factories[name] = factory
         self.optimizers = {name: factories[name](player.parameters(), maximize=task.maximize[name])
                            for name, player in self.players.items()}
