@@ -61,7 +61,8 @@ class GANMixture(Game):
 
     def eval_samples(self, players: Mapping[str, nn.Module]) -> torch.Tensor:
         """``num_eval_samples`` generated points from the fixed latent draw ``eval_seed``."""
-        return self.sample_generator(players, self.num_eval_samples, torch.Generator().manual_seed(self.eval_seed))
+        latent_generator = torch.Generator().manual_seed(self.eval_seed)
+        return self.sample_generator(players, self.num_eval_samples, latent_generator)
 
     def objectives(self, players, generator):
         real_logits = players["discriminator"](self.sample_data(self.batch_size, generator))

@@ -19,8 +19,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def conditioned_matrix(dim: int, condition_number: float, generator: torch.Generator, dtype: torch.dtype,
                        symmetric: bool = False) -> torch.Tensor:
     """``U diag(s) Vᵀ`` with random orthogonal U, V (``V = U`` if symmetric) and s geometric from 1 to 1/κ."""
-    exponents = torch.linspace(0, 1, dim, dtype=torch.float64) if dim > 1 else torch.zeros(1, dtype=torch.float64)
-    values = condition_number ** (-exponents)
+    values = condition_number ** -torch.linspace(0, 1, dim, dtype=torch.float64)
 
     def orthogonal():
         return torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))[0]
