@@ -89,3 +89,15 @@ def test_alternating_negative_momentum_converges_and_gda_cycles():
     distances = _play(game, _momentum(0.8, 0.5, math.pi), 300, "alternating")
     assert distances[-1] < 1e-9 * distances[0]
     assert abs(measured_rate(distances, start=50) - radius) < 1e-3
+
+
+def test_batched_update_matrices_equal_one_at_a_time():
+    jacobian = MixedGame(dim=2, adversarial=0.4).jacobian()
+    lrs, momenta = torch.tensor([0.1, 0.5]), torch.tensor([[0.0], [0.9]])
+    batched = update_matrix(jacobian, lrs, momenta, 0.3, blocks=[[0, 1], [2, 3]])
+    assert batched.shape == (2, 2, 12, 12)
+    for i in range(2):
+        for j in range(2):
+            single = update_matrix(jacobian, lrs[j].item(), momenta[i, 0].item(), 0.3, [[0, 1], [2, 3]])
+            torch.testing.assert_close(batched[i, j], single)
+    assert spectral_radius(batched).shape == (2, 2)
