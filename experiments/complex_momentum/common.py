@@ -15,7 +15,7 @@ FOLDER = Path(__file__).resolve().parent
 
 def play(game: QuadraticGame, lr: float, momentum: float, angle: float, steps: int, seed: int = 0,
          updates: str = "simultaneous") -> list[float]:
-    """Distances to the equilibrium after each round of complex momentum (stops early outside 1e-100 … 1e100)."""
+    """Distances to the equilibrium after each round of complex momentum (stopping outside 1e±100)."""
     torch.manual_seed(seed)
     players = game.build_players()
     optimizers = {name: ComplexMomentum(p.parameters(), lr=lr, momentum=momentum, angle=angle,

@@ -152,15 +152,19 @@ def _multi_tensor(params, grads, reals, imags, squares, steps, corrections, *, b
 
 
 def _fused_complex_adam(params, grads, reals, imags, squares, scalars, per_tensor):
+    # Multi-tensor ops, fused by inductor (see complex_momentum._fused_complex_momentum).
     beta_r, beta_i, beta2, eps, weight_decay = scalars.unbind()
-    for i, (p, g, real, imag, square) in enumerate(zip(params, grads, reals, imags, squares)):
-        step_size, correction2_sqrt, ratio = per_tensor[i].unbind()
-        g = g + weight_decay * p
-        new_real = real + (1 - beta_r) * (g - real) - beta_i * imag
-        new_imag = beta_r * imag + beta_i * (real - g)
-        new_square = beta2 * square + (1 - beta2) * g * g
-        denom = new_square.sqrt() / correction2_sqrt + eps
-        p.add_(step_size * (new_real + ratio * new_imag) / denom)
-        real.copy_(new_real)
-        imag.copy_(new_imag)
-        square.copy_(new_square)
+    step_sizes, corrections2, ratios = (list(column.unbind()) for column in per_tensor.unbind(1))
+    grads = torch._foreach_add(grads, torch._foreach_mul(params, weight_decay))
+    difference = torch._foreach_sub(grads, reals)
+    new_real = torch._foreach_add(reals, torch._foreach_mul(difference, 1 - beta_r))
+    new_real = torch._foreach_sub(new_real, torch._foreach_mul(imags, beta_i))
+    new_imag = torch._foreach_sub(torch._foreach_mul(imags, beta_r), torch._foreach_mul(difference, beta_i))
+    new_square = torch._foreach_add(torch._foreach_mul(squares, beta2),
+                                    torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(new_square), corrections2), eps)
+    direction = torch._foreach_add(new_real, torch._foreach_mul(new_imag, ratios))
+    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(direction, denom), step_sizes))
+    torch._foreach_copy_(reals, new_real)
+    torch._foreach_copy_(imags, new_imag)
+    torch._foreach_copy_(squares, new_square)
