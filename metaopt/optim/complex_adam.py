@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metaopt.optim._compiled import CompiledStep
-from metaopt.optim.complex_momentum import _check_flags
+from metaopt.optim.complex_momentum import _check_flags, _default_to_foreach
 from metaopt.optim.functional.complex_adam import bias_correction
 from metaopt.optim.functional.complex_momentum import polar
 from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter
@@ -54,6 +54,8 @@ class ComplexAdam(Optimizer):
         super().__init__(params, defaults)
         self._fused_update = CompiledStep(_fused_complex_adam)
 
+    _use_foreach = staticmethod(_default_to_foreach)
+
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
         betas, angle, eps = group["betas"], group["angle"], group["eps"]
@@ -85,22 +87,20 @@ class ComplexAdam(Optimizer):
                      eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
         buffers = ([s["exp_avg_real"] for s in states], [s["exp_avg_imag"] for s in states],
                    [s["exp_avg_sq"] for s in states])
-        if group["fused"]:
-            self._fused(params, grads, buffers, steps, corrections, hyper)
+        if group["fused"] and len(set(steps)) == 1:
+            self._fused(params, grads, buffers, steps[0], corrections[0], hyper)
         elif foreach:
             _multi_tensor(params, grads, *buffers, steps, corrections, **hyper)
         else:
             _single_tensor(params, grads, *buffers, steps, corrections, **hyper)
 
-    def _fused(self, params, grads, buffers, steps, corrections, hyper):
-        device = params[0].device
-        scalars = torch.tensor([hyper[k] for k in ("beta_r", "beta_i", "beta2", "eps", "weight_decay")],
-                               dtype=torch.float32, device=device)
-        # Per-tensor step sizes −lr/scale, √(1−β₂ᵗ) and Im c/Re c, as in torch's fused Adam.
-        per_tensor = torch.tensor([[-hyper["lr"] / scale, (1 - hyper["beta2"] ** t) ** 0.5, ratio]
-                                   for t, (scale, ratio) in zip(steps, corrections)],
-                                  dtype=torch.float32, device=device)
-        self._fused_update(params, grads, *buffers, scalars, per_tensor)
+    def _fused(self, params, grads, buffers, step, correction, hyper):
+        # One step count for the whole group (parameters added later take the eager path until then).
+        scale, ratio = correction
+        values = [hyper[k] for k in ("beta_r", "beta_i", "beta2", "eps", "weight_decay")]
+        values += [-hyper["lr"] / scale, (1 - hyper["beta2"] ** step) ** 0.5, ratio]
+        scalars = torch.tensor(values, dtype=torch.float32, device=params[0].device)
+        self._fused_update(params, grads, *buffers, scalars)
 
 
 # The paths compute, with b = β₁e^{iφ} = beta_r + i·beta_i and c = 1 − bᵗ:
@@ -151,10 +151,9 @@ def _multi_tensor(params, grads, reals, imags, squares, steps, corrections, *, b
     torch._foreach_addcdiv_(params, directions, denom, [-(lr / scale) for scale, _ in corrections])
 
 
-def _fused_complex_adam(params, grads, reals, imags, squares, scalars, per_tensor):
+def _fused_complex_adam(params, grads, reals, imags, squares, scalars):
     # Multi-tensor ops, fused by inductor (see complex_momentum._fused_complex_momentum).
-    beta_r, beta_i, beta2, eps, weight_decay = scalars.unbind()
-    step_sizes, corrections2, ratios = (list(column.unbind()) for column in per_tensor.unbind(1))
+    beta_r, beta_i, beta2, eps, weight_decay, step_size, correction2, ratio = scalars.unbind()
     grads = torch._foreach_add(grads, torch._foreach_mul(params, weight_decay))
     difference = torch._foreach_sub(grads, reals)
     new_real = torch._foreach_add(reals, torch._foreach_mul(difference, 1 - beta_r))
@@ -162,9 +161,9 @@ def _fused_complex_adam(params, grads, reals, imags, squares, scalars, per_tenso
     new_imag = torch._foreach_sub(torch._foreach_mul(imags, beta_r), torch._foreach_mul(difference, beta_i))
     new_square = torch._foreach_add(torch._foreach_mul(squares, beta2),
                                     torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
-    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(new_square), corrections2), eps)
-    direction = torch._foreach_add(new_real, torch._foreach_mul(new_imag, ratios))
-    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(direction, denom), step_sizes))
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(new_square), correction2), eps)
+    direction = torch._foreach_add(new_real, torch._foreach_mul(new_imag, ratio))
+    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(direction, denom), step_size))
     torch._foreach_copy_(reals, new_real)
     torch._foreach_copy_(imags, new_imag)
     torch._foreach_copy_(squares, new_square)
