@@ -78,11 +78,12 @@ class ComplexAdam(Optimizer):
         beta1, beta2 = (float(b) for b in group["betas"])
         angle = float(group["angle"])
         beta_r, beta_i = polar(beta1, angle)
-        for state in states:
-            state["step"] += 1
+        step_counts = [s["step"] for s in states]
+        torch._foreach_add_(step_counts, 1)
         # Bias corrections are per tensor: parameters added to the group later have fewer steps.
-        steps = [s["step"].item() for s in states]
-        corrections = [bias_correction(beta1, angle, t) for t in steps]
+        steps = [t.item() for t in step_counts]
+        unique = {t: bias_correction(beta1, angle, t) for t in set(steps)}
+        corrections = [unique[t] for t in steps]
         hyper = dict(beta_r=beta_r, beta_i=beta_i, beta2=beta2, lr=float(group["lr"]),
                      eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
         buffers = ([s["exp_avg_real"] for s in states], [s["exp_avg_imag"] for s in states],
