@@ -4,9 +4,6 @@ import functools
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from metaopt.games import BilinearGame, GameTraining, GANMixture, MixedGame, game_step
+from metaopt.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,11 +104,13 @@ def test_game_tasks_select_the_game_loop_unless_outer_is_given():
 
 
 def test_runner_plays_the_bilinear_game(tmp_path):
-    command = [sys.executable, "-m", "metaopt.run", "task=bilinear_game", "optimizer=complex_momentum",
-               "optimizer.lr=0.35", "optimizer.momentum=0.7", "optimizer.angle=0.88", "outer.steps=200",
-               "logger=none", "progress=false", f"hydra.run.dir={tmp_path}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    """``python -m metaopt.run task=bilinear_game optimizer=complex_momentum …``, in process."""
+    overrides = ["task=bilinear_game", "optimizer=complex_momentum", "optimizer.lr=0.35",
+                 "optimizer.momentum=0.7", "optimizer.angle=0.88", "outer.steps=200", "logger=none",
+                 "progress=false", "name=bilinear"]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides)
+    summary = run(cfg, tmp_path)
     assert summary["distance"] < 1e-6
+    assert json.loads((tmp_path / "summary.json").read_text())["distance"] == summary["distance"]
     assert (tmp_path / "curves.png").exists()
