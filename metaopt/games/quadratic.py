@@ -93,7 +93,7 @@ class MixedGame(QuadraticGame):
 
     maximize = {"x": False, "y": False}
 
-    def __init__(self, dim: int = 5, adversarial: float = 0.5, condition_number: float = 10.0,
+    def __init__(self, dim: int = 5, adversarial: float = 0.5, condition_number: float = 4.0,
                  init_scale: float = 1.0, data_seed: int = 0, dtype: str = "float64"):
         super().__init__(dim, init_scale, dtype)
         require("task.adversarial", adversarial, 0 <= adversarial <= 1, "a number in [0, 1]")
