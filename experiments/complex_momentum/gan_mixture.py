@@ -28,10 +28,10 @@ LR = 1e-3
 OPTIMIZERS = {
     "Adam β₁=0.5": functools.partial(torch.optim.Adam, lr=LR, betas=(0.5, 0.999)),
     "Adam β₁=0.9": functools.partial(torch.optim.Adam, lr=LR, betas=(0.9, 0.999)),
-    "complex Adam 0.5·e^{iπ/8}": functools.partial(ComplexAdam, lr=LR, betas=(0.5, 0.999), angle=math.pi / 8),
-    "complex Adam 0.9·e^{iπ/16}": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999),
+    "complex Adam 0.5·exp(iπ/8)": functools.partial(ComplexAdam, lr=LR, betas=(0.5, 0.999), angle=math.pi / 8),
+    "complex Adam 0.9·exp(iπ/16)": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999),
                                                     angle=math.pi / 16),
-    "complex Adam 0.9·e^{iπ/8}": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999), angle=math.pi / 8),
+    "complex Adam 0.9·exp(iπ/8)": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999), angle=math.pi / 8),
 }
 
 
