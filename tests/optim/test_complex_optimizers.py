@@ -185,3 +185,40 @@ def test_compiled_fused_step_matches_multi_tensor():
                             lambda p, kw=kw, name=name: OPTIMIZERS[name](p, foreach=True, **kw), steps=10)
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fused_falls_back_to_eager_when_compiling_fails(name, monkeypatch):
+    def failing_compile(update, **options):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    with pytest.warns(UserWarning, match="failed .RuntimeError: no C.. compiler.; running the eager"):
+        a, b = trajectories(lambda p: OPTIMIZERS[name](p, fused=True, angle=0.5),
+                            lambda p: OPTIMIZERS[name](p, foreach=True, angle=0.5), steps=10)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_adam_takes_the_eager_path_while_step_counts_differ(monkeypatch):
+    calls = []
+
+    def recording_compile(update, **options):
+        def compiled(params, *args):
+            calls.append(len(params))
+            return update(params, *args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    first, late = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = ComplexAdam([first], fused=True)
+    first.grad = torch.ones(3)
+    opt.step()
+    opt.param_groups[0]["params"].append(late)
+    late.grad = torch.ones(2)
+    opt.step()
+    assert calls == [1]
+    assert opt.state[first]["step"].item() == 2 and opt.state[late]["step"].item() == 1
+    torch.testing.assert_close(late.detach(), torch.full((2,), 1 - 1e-3))
