@@ -25,13 +25,18 @@ from metaopt.optim import ComplexAdam  # noqa: E402
 STEPS = 3000
 SEEDS = (0, 1, 2)
 LR = 1e-3
+
+
+def _complex_adam(beta1: float, angle: float):
+    return functools.partial(ComplexAdam, lr=LR, betas=(beta1, 0.999), angle=angle)
+
+
 OPTIMIZERS = {
     "Adam β₁=0.5": functools.partial(torch.optim.Adam, lr=LR, betas=(0.5, 0.999)),
     "Adam β₁=0.9": functools.partial(torch.optim.Adam, lr=LR, betas=(0.9, 0.999)),
-    "complex Adam 0.5·exp(iπ/8)": functools.partial(ComplexAdam, lr=LR, betas=(0.5, 0.999), angle=math.pi / 8),
-    "complex Adam 0.9·exp(iπ/16)": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999),
-                                                    angle=math.pi / 16),
-    "complex Adam 0.9·exp(iπ/8)": functools.partial(ComplexAdam, lr=LR, betas=(0.9, 0.999), angle=math.pi / 8),
+    "complex Adam 0.5·exp(iπ/8)": _complex_adam(0.5, math.pi / 8),
+    "complex Adam 0.9·exp(iπ/16)": _complex_adam(0.9, math.pi / 16),
+    "complex Adam 0.9·exp(iπ/8)": _complex_adam(0.9, math.pi / 8),
 }
 
 

@@ -15,7 +15,7 @@ from metaopt.checks import require
 from metaopt.games.game import Game
 from metaopt.tasks.models import MLP
 
-__all__ = ["GANMixture"]
+__all__ = ["GANMixture", "draw_samples"]
 
 _LOSSES = ("non_saturating", "minimax")
 
