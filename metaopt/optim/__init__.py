@@ -1,6 +1,8 @@
 """metaopt optimizers: ``torch.optim.Optimizer`` subclasses and their functional cores."""
 
 from metaopt.optim import functional
+from metaopt.optim.complex_adam import ComplexAdam
+from metaopt.optim.complex_momentum import ComplexMomentum
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter
 
-__all__ = ["Optimizer", "check_hyperparameter", "functional"]
+__all__ = ["Optimizer", "check_hyperparameter", "functional", "ComplexMomentum", "ComplexAdam"]
