@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metaopt.optim._compiled import CompiledStep
-from metaopt.optim.complex_momentum import _check_flags, _default_to_foreach
+from metaopt.optim.complex_momentum import _check_flags
 from metaopt.optim.functional.complex_adam import bias_correction
 from metaopt.optim.functional.complex_momentum import polar
 from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter
@@ -54,7 +54,6 @@ class ComplexAdam(Optimizer):
         super().__init__(params, defaults)
         self._fused_update = CompiledStep(_fused_complex_adam)
 
-    _use_foreach = staticmethod(_default_to_foreach)
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)

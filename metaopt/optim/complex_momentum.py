@@ -24,14 +24,6 @@ def _check_flags(group: dict[str, Any]) -> None:
     check_hyperparameter("fused", fused, not (fused and foreach), "False when foreach=True")
 
 
-def _default_to_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
-    """``foreach=None``: the multi-tensor path on CUDA only. On CPU, where ``_foreach_*`` ops are a loop
-    over tensors, the in-place per-tensor loop allocates less and is faster (as torch.optim decides)."""
-    if foreach is not None:
-        return foreach
-    return len(params) > 1 and all(p.device.type == "cuda" for p in params)
-
-
 class ComplexMomentum(Optimizer):
     r"""Momentum with a complex coefficient ``β = momentum·e^{i·angle}``.
 
@@ -72,7 +64,6 @@ class ComplexMomentum(Optimizer):
         super().__init__(params, defaults)
         self._fused_update = CompiledStep(_fused_complex_momentum)
 
-    _use_foreach = staticmethod(_default_to_foreach)
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
