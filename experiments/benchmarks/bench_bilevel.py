@@ -84,16 +84,9 @@ def _table(device: str, quick: bool) -> dict:
     }
 
 
-def run(quick: bool = False) -> list[dict]:
-    tables = [_table("cpu", quick)]
-    if torch.cuda.is_available():
+def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
+    tables = [_table("cpu", quick)] if "cpu" in devices else []
+    if "cuda" in devices and torch.cuda.is_available():
         tables.append(_table("cuda", quick))
     return tables
 
-
-if __name__ == "__main__":
-    for table in run():
-        print(table["title"])
-        print(table["columns"])
-        for row in table["rows"]:
-            print(row)

@@ -10,7 +10,6 @@ Run alone: ``python -m experiments.benchmarks.bench_complex [--quick]``.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -121,23 +120,15 @@ def _table(kind: str, device: str, sizes: list[tuple[int, int]], reps: int, warm
             "rows": rows, "notes": notes}
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
     tables = []
     cpu_sizes = [(1_000_000, 40)] if quick else [(1_000_000, 40), (10_000_000, 40)]
-    for kind in ("momentum", "adam"):
-        tables.append(_table(kind, "cpu", cpu_sizes, reps=5 if quick else 20, warmup=3))
-    if torch.cuda.is_available():
+    if "cpu" in devices:
+        for kind in ("momentum", "adam"):
+            tables.append(_table(kind, "cpu", cpu_sizes, reps=5 if quick else 20, warmup=3))
+    if "cuda" in devices and torch.cuda.is_available():
         cuda_sizes = cpu_sizes + [(100_000_000, 100)]
         for kind in ("momentum", "adam"):
             tables.append(_table(kind, "cuda", cuda_sizes, reps=10 if quick else 50, warmup=5))
     return tables
 
-
-if __name__ == "__main__":
-    for table in run(quick="--quick" in sys.argv):
-        print(f"\n### {table['title']}\n")
-        print("| " + " | ".join(table["columns"]) + " |")
-        print("|" + "---|" * len(table["columns"]))
-        for row in table["rows"]:
-            print("| " + " | ".join(str(v) for v in row) + " |")
-        print(f"\n{table['notes']}")

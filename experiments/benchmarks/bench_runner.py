@@ -112,5 +112,5 @@ def _startup_table(quick: bool) -> dict:
     }
 
 
-def run(quick: bool = False) -> list[dict]:
-    return [_overhead_table(quick), _startup_table(quick)]
+def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
+    return [_overhead_table(quick), _startup_table(quick)] if "cpu" in devices else []

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -224,24 +223,17 @@ def _processes_table(quick: bool) -> dict:
     }
 
 
-def run(quick: bool = False) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tables = _device_tables("cpu", quick)
-        tables.append(_processes_table(quick))
-    finally:
-        torch.set_num_threads(threads)
-    if torch.cuda.is_available():
+def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
+    tables = []
+    if "cpu" in devices:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            tables += _device_tables("cpu", quick)
+            tables.append(_processes_table(quick))
+        finally:
+            torch.set_num_threads(threads)
+    if "cuda" in devices and torch.cuda.is_available():
         tables += _device_tables("cuda", quick)
     return tables
 
-
-if __name__ == "__main__":
-    for table in run(quick="--quick" in sys.argv):
-        print(f"\n## {table['title']}\n")
-        print("| " + " | ".join(table["columns"]) + " |")
-        print("|" + "---|" * len(table["columns"]))
-        for row in table["rows"]:
-            print("| " + " | ".join(str(v) for v in row) + " |")
-        print(f"\n{table['notes']}")

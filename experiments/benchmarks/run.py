@@ -1,11 +1,13 @@
 """``make bench``: run every ``bench_*.py`` here and write ``RESULTS.md``.
 
-Each benchmark module defines ``run(quick: bool = False) -> list[dict]``; every dict is one table:
+Each benchmark module defines ``run(quick=False, devices=("cpu", "cuda")) -> list[dict]`` (CUDA rows
+only where a GPU is available); every dict is one table:
 ``{"title": str, "columns": [str, ...], "rows": [[...], ...], "notes": str}``. Each row states a
 ratio against a baseline measured in the same run.
 
     python -m experiments.benchmarks.run                 # all, writes RESULTS.md
     python -m experiments.benchmarks.run --only runner   # bench_runner.py only, prints the tables
+    python -m experiments.benchmarks.run --devices cuda --output RESULTS_cuda.md   # GPU rows only
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="benchmark names (bench_<name>.py) to run")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test)")
-    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--output", help="where to write the tables (default: RESULTS.md when every "
+                                          "benchmark runs in full on every device)")
     args = parser.parse_args(argv)
     names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     if args.only:
@@ -67,16 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         print(f"== bench_{name}", flush=True)
         module = importlib.import_module(f"experiments.benchmarks.bench_{name}")
-        for table in module.run(quick=args.quick):
+        for table in module.run(quick=args.quick, devices=tuple(args.devices)):
             text = format_table(table)
             print(text, flush=True)
             sections.append(text)
-    if args.only or args.quick:
-        return
+    output = args.output
+    if output is None:
+        if args.only or args.quick or len(args.devices) < 2:
+            return
+        output = str(HERE / "RESULTS.md")
     header = (f"# Benchmark results\n\nWritten by `make bench` on {datetime.date.today()}.\n\n"
               f"Machine: {machine()}.\n\nEvery ratio compares two timings taken in the same run.\n\n")
-    Path(args.output).write_text(header + "\n".join(sections))
-    print(f"wrote {args.output}", file=sys.stderr)
+    Path(output).write_text(header + "\n".join(sections))
+    print(f"wrote {output}", file=sys.stderr)
 
 
 if __name__ == "__main__":
