@@ -1,0 +1,475 @@
+"""APO: Amortized Proximal Optimization (Bae, Liang, Zhang, Grosse, Ba et al., 2022).
+
+APO meta-learns, online and during ordinary training, the parameters φ of an update rule
+``θ' = u_φ(θ, B)`` by taking, every ``meta_interval`` steps, one gradient step on the one-step
+proximal-point objective (paper, Eq. 6)::
+
+    Q(φ) = J_B(θ') + λ_FSD·D(f(·, θ'), f(·, θ); B') + (λ_WSD/2)·‖θ' − θ‖²
+
+where ``J_B`` is the loss on the batch ``B`` that produced the gradient, ``D`` an output-space
+divergence measured on a *fresh* batch ``B'`` with ``f(·, θ)`` a constant target, and θ, the base
+direction and the targets are detached, so that ``Q`` is differentiable in φ only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metaopt.checks import require
+
+__all__ = ["APO", "divergence_for"]
+
+Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_MODES = ("lr", "precond")
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``½·mean((f' − f)²)``, the scale of a regression task's loss; its Hessian: the Gauss–Newton metric."""
+    return 0.5 * (outputs - targets).square().mean()
+
+
+def _kl(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(f) ‖ softmax(f'))`` averaged over the batch; its Hessian at ``f' = f`` is the Fisher."""
+    log_p, log_q = F.log_softmax(targets, -1), F.log_softmax(outputs, -1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+_DIVERGENCES: dict[str, Divergence] = {"mse": _mse, "kl": _kl}
+_KIND_TO_DIVERGENCE = {"regression": "mse", "classification": "kl"}
+
+
+def divergence_for(kind: str) -> str:
+    """The paper's output divergence for a task ``kind``: ``"mse"`` (regression), ``"kl"`` (classifiers)."""
+    require("kind", kind, kind in _KIND_TO_DIVERGENCE, f"one of {tuple(_KIND_TO_DIVERGENCE)}")
+    return _KIND_TO_DIVERGENCE[kind]
+
+
+def _finite_nonnegative(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value >= 0
+
+
+def _square_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """``‖t‖²`` accumulated in at least float32 (low-precision steps would round it away)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32)).square().sum()
+
+
+def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+class APO(torch.optim.Optimizer):
+    """Wrap ``base``; meta-learn its learning rate (``mode="lr"``) or a preconditioner (``mode="precond"``).
+
+    Args:
+        params: the parameters to train (an iterable of tensors or of param-group dicts).
+        base: the base optimizer: a factory ``params -> torch.optim.Optimizer`` (a class such as
+            ``torch.optim.SGD``, a ``functools.partial``), or an optimizer already built on ``params``.
+            Its update must be proportional to its ``lr`` (true for SGD, momentum, Adam(W), RMSprop, ...).
+        mode: ``"lr"``: ``θ' = θ − η·d`` with ``d`` the base's direction (its step at ``lr = 1``: the
+            gradient, the momentum buffer, Adam's normalised step) and ``η = exp(a)`` learned, starting
+            from the base's ``lr``; APO owns ``group["lr"]``, which always holds the current η.
+            ``"precond"``: ``θ' = θ − P∇J`` with ``P`` block-diagonal per tensor. A tensor with two or
+            more dimensions (``nn.Linear`` weight ``m×n``, ``nn.Conv2d`` weight ``m×(c·k·k)``) is
+            preconditioned as ``ΔW = −exp(c)·L Lᵀ ∇W R Rᵀ`` (Kronecker-factored as in K-FAC, PSD by
+            construction, no inverse); a side longer than ``max_factor_size`` keeps the identity.
+            Fallback for 1-d tensors (biases, norm scales): ``Δb = −exp(c)·∇b``, a learned per-tensor
+            learning rate. ``P`` starts as ``lr·I`` (the base's ``lr``). The preconditioned gradient is
+            handed to the base, whose ``lr`` is then fixed to 1 (momentum and weight decay apply on top).
+        lambda_fsd: ``λ_FSD``, weight of the function-space proximity term (``0``: none).
+        lambda_wsd: ``λ_WSD``, weight of the weight-space proximity term (``0``: none).
+            ``λ_FSD = λ_WSD = 0`` is greedy one-step tuning, which is short-horizon biased.
+        meta_interval: ``K_meta``, steps between meta-updates of φ (the first step is one).
+        meta_lr: the meta-optimizer's learning rate.
+        meta_optimizer: a factory ``(params, lr=meta_lr) -> torch.optim.Optimizer`` for φ
+            (default ``torch.optim.Adam``).
+        divergence: ``D``: ``"mse"`` (regression outputs), ``"kl"`` (class logits), or a callable
+            ``(outputs, targets) -> scalar`` with ``targets`` the detached outputs at θ.
+        lr_per_group: ``mode="lr"``: one η per param group (``True``) or one global scale that keeps
+            the groups' initial lr ratios (``False``).
+        max_factor_size: ``mode="precond"``: the largest side that gets a full Kronecker factor.
+
+    Use it in an ordinary loop; only the ``meta_step`` line is new (it is a no-op except every
+    ``meta_interval`` steps, and ``fresh_inputs`` may be a callable that is only called then)::
+
+        opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=1e-3), lambda_fsd=0.1)
+        for inputs, targets in loader:
+            opt.zero_grad()
+            loss_fn(model(inputs), targets).backward()
+            opt.meta_step(model, (inputs, targets), lambda: next(fresh_iter)[0], loss_fn)
+            opt.step()
+            print(opt.param_groups[0]["lr"])  # the η APO currently uses
+
+    ``state_dict()`` holds the base's state, φ and the meta-optimizer's state.
+
+    References:
+        J. Bae, P. Vicol, J. Z. HaoChen, R. Grosse. "Amortized Proximal Optimization", NeurIPS 2022:
+        Eq. 6 (meta-objective), Sec. 4.1 (APO-LR), Sec. 4.2 (structured preconditioners).
+    """
+
+    def __init__(self, params: Iterable, base: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
+                 mode: str = "lr", *, lambda_fsd: float = 0.1, lambda_wsd: float = 0.0,
+                 meta_interval: int = 10, meta_lr: float = 0.1,
+                 meta_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 divergence: str | Divergence = "mse", lr_per_group: bool = True,
+                 max_factor_size: int = 1024):
+        require("mode", mode, mode in _MODES, f"one of {_MODES}")
+        require("lambda_fsd", lambda_fsd, _finite_nonnegative(lambda_fsd), "a finite number >= 0")
+        require("lambda_wsd", lambda_wsd, _finite_nonnegative(lambda_wsd), "a finite number >= 0")
+        require("meta_interval", meta_interval,
+                isinstance(meta_interval, int) and not isinstance(meta_interval, bool) and meta_interval >= 1,
+                "an integer >= 1")
+        require("meta_lr", meta_lr, _finite_nonnegative(meta_lr), "a finite number >= 0")
+        require("divergence", divergence, callable(divergence) or divergence in _DIVERGENCES,
+                f"one of {tuple(_DIVERGENCES)} or a callable (outputs, targets) -> scalar tensor")
+        require("max_factor_size", max_factor_size, isinstance(max_factor_size, int) and max_factor_size >= 1,
+                "an integer >= 1")
+        params = list(params)
+        if isinstance(base, torch.optim.Optimizer):
+            groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+            given = {id(p) for group in groups for p in group["params"]}
+            owned = {id(p) for group in base.param_groups for p in group["params"]}
+            require("base", type(base).__name__, given == owned,
+                    "an optimizer built on the same params as APO")
+            self.base = base
+        else:
+            require("base", base, callable(base), "a torch.optim.Optimizer or a factory params -> Optimizer")
+            self.base = base(params)
+        self.mode = mode
+        self.lambda_fsd = float(lambda_fsd)
+        self.lambda_wsd = float(lambda_wsd)
+        self.meta_interval = meta_interval
+        self.meta_lr = float(meta_lr)
+        self.divergence = divergence
+        self.lr_per_group = lr_per_group
+        self.max_factor_size = max_factor_size
+        self._num_steps = 0
+        self._num_meta_steps = 0
+        self._last_q = float("nan")
+        self._warned_no_meta_step = False
+        self._lr_ratios: list[float] = []
+        self._precond_scale = float("nan")
+        # The param-group dicts are the base's own, so schedules written by APO (and read by loggers
+        # through ``param_groups[i]["lr"]``) are the ones the base uses.
+        super().__init__(self.base.param_groups, self.base.defaults)
+        self.state = self.base.state
+        self._meta_params: list[list[torch.Tensor]] = []
+        for group in self.param_groups:
+            self._meta_params.append(self._init_meta_params(group))
+        flat = [t for group in self._meta_params for t in group]
+        self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(flat, lr=self.meta_lr)
+        self._apply_meta_params()
+        self._refresh_precond_scale()
+
+    # -- φ -------------------------------------------------------------------------------------------
+    def _group_lr(self, group: dict[str, Any]) -> float:
+        lr = float(group.get("lr", float("nan")))
+        require("base lr", group.get("lr"), math.isfinite(lr) and lr > 0,
+                "a number > 0 (APO learns log η, starting from the base optimizer's lr)")
+        return lr
+
+    def _meta_dtype(self, group: dict[str, Any]) -> tuple[torch.dtype, torch.device]:
+        first = group["params"][0]
+        return (torch.float64 if first.dtype == torch.float64 else torch.float32), first.device
+
+    def _init_meta_params(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        """``[a]`` for one group (``mode="lr"``), or ``[c, L, R, ...]`` per tensor (``mode="precond"``)."""
+        lr = self._group_lr(group)
+        dtype, device = self._meta_dtype(group)
+        if self.mode == "lr":
+            if not self.lr_per_group and self._meta_params:
+                self._lr_ratios.append(lr / self._lr_ratios_base)
+                return []
+            self._lr_ratios.append(1.0)
+            self._lr_ratios_base = lr
+            return [torch.tensor(math.log(lr), dtype=dtype, device=device, requires_grad=True)]
+        factors = []
+        for p in group["params"]:
+            factors.append(torch.tensor(math.log(lr), dtype=dtype, device=device, requires_grad=True))
+            if p.dim() >= 2:
+                for size in (p.shape[0], math.prod(p.shape[1:])):
+                    if size <= self.max_factor_size:
+                        factors.append(torch.eye(size, dtype=p.dtype, device=p.device, requires_grad=True))
+        return factors
+
+    def _precond_factors(self, group_index: int):
+        """Yield ``(param, log_scale, left or None, right or None)`` for every tensor of a group."""
+        group, meta = self.param_groups[group_index], self._meta_params[group_index]
+        i = 0
+        for p in group["params"]:
+            log_scale = meta[i]
+            i += 1
+            left = right = None
+            if p.dim() >= 2:
+                if p.shape[0] <= self.max_factor_size:
+                    left, i = meta[i], i + 1
+                if math.prod(p.shape[1:]) <= self.max_factor_size:
+                    right, i = meta[i], i + 1
+            yield p, log_scale, left, right
+
+    @staticmethod
+    def _precondition(grad: torch.Tensor, log_scale: torch.Tensor, left: torch.Tensor | None,
+                      right: torch.Tensor | None) -> torch.Tensor:
+        """``P∇ = exp(c)·L Lᵀ ∇ R Rᵀ`` for a matrix-shaped tensor (``exp(c)·∇`` otherwise)."""
+        if left is None and right is None:
+            return log_scale.exp().to(grad.dtype) * grad
+        matrix = grad.reshape(grad.shape[0], -1)
+        if left is not None:
+            matrix = left @ (left.T @ matrix)
+        if right is not None:
+            matrix = (matrix @ right) @ right.T
+        return (log_scale.exp().to(grad.dtype) * matrix).reshape(grad.shape)
+
+    @torch.no_grad()
+    def _apply_meta_params(self) -> None:
+        """Write the current η into the param groups (one host sync per meta-step, none per step)."""
+        if self.mode == "lr":
+            global_log_lr = self._meta_params[0][0]
+            for group, meta, ratio in zip(self.param_groups, self._meta_params, self._lr_ratios):
+                log_lr = meta[0] if self.lr_per_group else global_log_lr
+                group["lr"] = float(log_lr.exp()) * ratio
+        else:
+            for group in self.param_groups:
+                group["lr"] = 1.0
+
+    # -- reading the schedule ------------------------------------------------------------------------
+    @property
+    def meta_due(self) -> bool:
+        """Whether ``meta_step`` updates φ before the next ``step`` (every ``meta_interval`` steps)."""
+        return self._num_steps % self.meta_interval == 0
+
+    @property
+    def lrs(self) -> list[float]:
+        """``mode="lr"``: the current η of every param group."""
+        return [float(group["lr"]) for group in self.param_groups]
+
+    @torch.no_grad()
+    def precond_scales(self) -> list[float]:
+        """``mode="precond"``: per tensor, the mean eigenvalue ``exp(c)·tr(LLᵀ)/m·tr(RRᵀ)/n`` of its ``P``."""
+        scales = []
+        for index in range(len(self.param_groups)):
+            for _, log_scale, left, right in self._precond_factors(index):
+                scale = log_scale.exp()
+                for factor in (left, right):
+                    if factor is not None:
+                        scale = scale * factor.float().square().sum() / factor.shape[0]
+                scales.append(float(scale))
+        return scales
+
+    def schedule(self) -> dict[str, float]:
+        """What to log each step: ``lr`` (group 0's η, plus ``lr_<i>`` for other groups) or ``precond_scale``
+        (geometric mean over tensors), and ``apo_q``, the meta-objective at the last meta-step."""
+        if self.mode == "lr":
+            out = {"lr": self.lrs[0]}
+            out.update({f"lr_{i}": lr for i, lr in enumerate(self.lrs) if i > 0})
+        else:
+            out = {"precond_scale": self._precond_scale}
+        out["apo_q"] = self._last_q
+        return out
+
+    # -- the meta-step -------------------------------------------------------------------------------
+    def _named_params(self, model: nn.Module) -> list[str]:
+        names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+        params = [p for group in self.param_groups for p in group["params"]]
+        missing = sum(id(p) not in names for p in params)
+        require("model", type(model).__name__, missing == 0,
+                f"the module whose parameters APO optimizes ({missing} of the optimizer's {len(params)} "
+                "parameters are not parameters of this model)")
+        return [names[id(p)] for p in params]
+
+    def _divergence(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if callable(self.divergence):
+            value = self.divergence(outputs, targets)
+            require("divergence", getattr(self.divergence, "__name__", self.divergence),
+                    isinstance(value, torch.Tensor) and value.numel() == 1,
+                    "a callable returning a scalar tensor")
+            return value.reshape(())
+        return _DIVERGENCES[self.divergence](outputs, targets)
+
+    def _check_outputs(self, outputs: Any) -> None:
+        require("model output", type(outputs).__name__,
+                isinstance(outputs, torch.Tensor) and outputs.is_floating_point(),
+                "a floating-point tensor (APO compares model outputs with its divergence)")
+        if self.divergence == "kl":
+            require("divergence", "kl", outputs.dim() >= 2 and outputs.shape[-1] >= 2,
+                    f"'mse' or a callable for a model output of shape {tuple(outputs.shape)}; 'kl' needs "
+                    "class logits in the last dimension (at least 2 classes)")
+
+    @torch.no_grad()
+    def _base_directions(self) -> list[torch.Tensor | None]:
+        """The base's direction ``d`` (its step at ``lr = 1``), leaving its state and the params untouched."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        with_grad = [p for p in params if p.grad is not None]
+        saved_params = [p.clone() for p in with_grad]
+        saved_state = {p: _clone_state(self.base.state[p]) if p in self.base.state else None
+                       for p in with_grad}
+        saved_lrs = [group["lr"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["lr"] = 1.0
+        try:
+            self.base.step()
+            directions = {p: saved - p for p, saved in zip(with_grad, saved_params)}
+        finally:
+            for p, saved in zip(with_grad, saved_params):
+                p.copy_(saved)
+                if saved_state[p] is None:
+                    self.base.state.pop(p, None)
+                else:
+                    self.base.state[p] = saved_state[p]
+            for group, lr in zip(self.param_groups, saved_lrs):
+                group["lr"] = lr
+        return [directions.get(p) for p in params]
+
+    def _lookahead_steps(self, directions: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """``θ − θ'`` for every tensor, differentiable in φ (``None`` for a tensor without gradient)."""
+        steps: list[torch.Tensor | None] = []
+        if self.mode == "lr":
+            index = 0
+            log_global = self._meta_params[0][0]
+            for group, meta, ratio in zip(self.param_groups, self._meta_params, self._lr_ratios):
+                log_lr = meta[0] if self.lr_per_group else log_global
+                eta = log_lr.exp() * ratio
+                for _ in group["params"]:
+                    d = directions[index]
+                    steps.append(None if d is None else eta.to(d.dtype) * d)
+                    index += 1
+            return steps
+        for index in range(len(self.param_groups)):
+            for p, log_scale, left, right in self._precond_factors(index):
+                grad = None if p.grad is None else p.grad.detach()
+                steps.append(None if grad is None else self._precondition(grad, log_scale, left, right))
+        return steps
+
+    def meta_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                  fresh_inputs: torch.Tensor | Callable[[], torch.Tensor],
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float | None:
+        """Update φ by one meta-optimizer step on ``Q(φ)`` if ``meta_due``; return ``Q`` (else ``None``).
+
+        Call it after ``backward()`` on ``batch`` (the gradients in ``.grad`` are ``∇J_B(θ)``) and before
+        ``step()``. ``batch = (inputs, targets)`` is ``B``; ``fresh_inputs`` (or a callable returning
+        them, called only when due) is ``B'``; ``loss_fn(outputs, targets)`` is ``J``. The lookahead
+        runs ``model`` through ``torch.func.functional_call`` on detached parameters and cloned
+        buffers: neither the model, its buffers, nor the base optimizer's state change.
+        """
+        if not self.meta_due:
+            return None
+        self._warned_no_meta_step = True
+        names = self._named_params(model)
+        inputs, targets = batch
+        if callable(fresh_inputs):
+            fresh_inputs = fresh_inputs()
+        params = [p for group in self.param_groups for p in group["params"]]
+        directions = self._base_directions() if self.mode == "lr" else None
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        theta = {name: p.detach() for name, p in model.named_parameters()}
+        target_outputs = None
+        if self.lambda_fsd:
+            with torch.no_grad():
+                target_outputs = functional_call(model, (theta, buffers), (fresh_inputs,))
+        with torch.enable_grad():
+            steps = self._lookahead_steps(directions)
+            if all(step is None for step in steps):
+                raise RuntimeError("APO.meta_step() needs the gradients of the loss on `batch`: call "
+                                   "loss.backward() before meta_step()")
+            lookahead = dict(theta)
+            for name, p, step in zip(names, params, steps):
+                if step is not None:
+                    lookahead[name] = p.detach() - step.to(p.dtype)
+            outputs = functional_call(model, (lookahead, buffers), (inputs,))
+            self._check_outputs(outputs)
+            q = loss_fn(outputs, targets)
+            if self.lambda_fsd:
+                fresh_outputs = functional_call(model, (lookahead, buffers), (fresh_inputs,))
+                q = q + self.lambda_fsd * self._divergence(fresh_outputs, target_outputs)
+            if self.lambda_wsd:
+                q = q + 0.5 * self.lambda_wsd * sum(_square_norm(s) for s in steps if s is not None)
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            q.backward()
+        self.meta_optimizer.step()
+        self._num_meta_steps += 1
+        self._apply_meta_params()
+        self._refresh_precond_scale()
+        self._last_q = float(q.detach())
+        return self._last_q
+
+    def _refresh_precond_scale(self) -> None:
+        if self.mode == "precond":
+            scales = self.precond_scales()
+            self._precond_scale = math.exp(sum(math.log(s) for s in scales) / len(scales))
+
+    # -- torch.optim.Optimizer interface -------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
+        """One base step with the current η (``mode="lr"``) or on the preconditioned gradients."""
+        if self._num_steps >= self.meta_interval and not self._warned_no_meta_step:
+            warnings.warn("APO.step() has run a full meta_interval without meta_step(): φ is not being "
+                          "adapted; call apo.meta_step(model, batch, fresh_inputs, loss_fn) before step()")
+            self._warned_no_meta_step = True
+        self._num_steps += 1
+        if self.mode == "lr":
+            return self.base.step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        raw = []
+        for index in range(len(self.param_groups)):
+            for p, log_scale, left, right in self._precond_factors(index):
+                if p.grad is not None:
+                    raw.append((p, p.grad))
+                    p.grad = self._precondition(p.grad, log_scale, left, right)
+        try:
+            self.base.step()
+        finally:
+            for p, grad in raw:
+                p.grad = grad
+        return loss
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not hasattr(self, "_meta_params"):  # torch.optim.Optimizer.__init__ adding the base's groups
+            super().add_param_group(param_group)
+            return
+        self.base.add_param_group(param_group)
+        group = self.base.param_groups[-1]
+        self.param_groups.append(group)
+        meta = self._init_meta_params(group)
+        self._meta_params.append(meta)
+        if meta:
+            self.meta_optimizer.add_param_group({"params": meta})
+        self._apply_meta_params()
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "base": self.base.state_dict(),
+            "meta_params": [[t.detach().clone() for t in group] for group in self._meta_params],
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "num_steps": self._num_steps,
+            "num_meta_steps": self._num_meta_steps,
+            "last_q": self._last_q,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        shapes = [[tuple(t.shape) for t in group] for group in self._meta_params]
+        saved = [[tuple(t.shape) for t in group] for group in state_dict["meta_params"]]
+        require("state_dict['meta_params']", saved, saved == shapes,
+                f"shapes {shapes} (the same mode and params)")
+        self.base.load_state_dict(state_dict["base"])
+        with torch.no_grad():
+            for group, values in zip(self._meta_params, state_dict["meta_params"]):
+                for t, value in zip(group, values):
+                    t.copy_(value)
+        self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])
+        self._num_steps = int(state_dict["num_steps"])
+        self._num_meta_steps = int(state_dict["num_meta_steps"])
+        self._last_q = float(state_dict["last_q"])
+        self._warned_no_meta_step = self._num_meta_steps > 0
+        self._apply_meta_params()
+        self._refresh_precond_scale()
