@@ -165,7 +165,7 @@ class APO(torch.optim.Optimizer):
         for group in self.param_groups:
             self._meta_params.append(self._init_meta_params(group))
         flat = [t for group in self._meta_params for t in group]
-        self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(flat, lr=self.meta_lr)
+        self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(self._meta_groups(flat), lr=self.meta_lr)
         self._apply_meta_params()
         self._refresh_precond_scale()
 
@@ -199,6 +199,18 @@ class APO(torch.optim.Optimizer):
                     if size <= self.max_factor_size:
                         factors.append(torch.eye(size, dtype=p.dtype, device=p.device, requires_grad=True))
         return factors
+
+    def _meta_groups(self, tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """Meta param groups: ``meta_lr`` for log-scales, ``meta_lr / n`` for an ``n×n`` factor.
+
+        An element-wise (Adam-like) step of size ``meta_lr`` on every entry of ``L`` can move its
+        spectral norm by ``n·meta_lr``; dividing by ``n`` keeps a meta-step's change of ``P`` of the
+        same relative size for every layer width.
+        """
+        by_lr: dict[float, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_lr.setdefault(self.meta_lr / (t.shape[0] if t.dim() else 1), []).append(t)
+        return [{"params": params, "lr": lr} for lr, params in by_lr.items()]
 
     def _precond_factors(self, group_index: int):
         """Yield ``(param, log_scale, left or None, right or None)`` for every tensor of a group."""
@@ -442,8 +454,8 @@ class APO(torch.optim.Optimizer):
         self.param_groups.append(group)
         meta = self._init_meta_params(group)
         self._meta_params.append(meta)
-        if meta:
-            self.meta_optimizer.add_param_group({"params": meta})
+        for meta_group in self._meta_groups(meta):
+            self.meta_optimizer.add_param_group(meta_group)
         self._apply_meta_params()
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]

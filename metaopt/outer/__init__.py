@@ -1,6 +1,7 @@
 """What the runner drives: plain training (``outer=none``) and the outer loops of later modules."""
 
+from metaopt.outer.apo_training import APOTraining
 from metaopt.outer.loop import Loop
 from metaopt.outer.plain import PlainTraining
 
-__all__ = ["Loop", "PlainTraining"]
+__all__ = ["APOTraining", "Loop", "PlainTraining"]
