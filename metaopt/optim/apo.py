@@ -360,24 +360,17 @@ class APO(torch.optim.Optimizer):
                 steps.append(None if grad is None else self._precondition(grad, log_scale, left, right))
         return steps
 
-    def meta_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                  fresh_inputs: torch.Tensor | Callable[[], torch.Tensor],
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float | None:
-        """Update φ by one meta-optimizer step on ``Q(φ)`` if ``meta_due``; return ``Q`` (else ``None``).
+    def meta_objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                       fresh_inputs: torch.Tensor,
+                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``Q(φ)`` at the current parameters (paper, Eq. 6), differentiable in φ only.
 
-        Call it after ``backward()`` on ``batch`` (the gradients in ``.grad`` are ``∇J_B(θ)``) and before
-        ``step()``. ``batch = (inputs, targets)`` is ``B``; ``fresh_inputs`` (or a callable returning
-        them, called only when due) is ``B'``; ``loss_fn(outputs, targets)`` is ``J``. The lookahead
-        runs ``model`` through ``torch.func.functional_call`` on detached parameters and cloned
-        buffers: neither the model, its buffers, nor the base optimizer's state change.
+        Needs ``.grad`` to hold ``∇J_B(θ)`` for ``batch = (inputs, targets)``; ``fresh_inputs`` is ``B'``.
+        The lookahead runs ``model`` through ``torch.func.functional_call`` on detached parameters
+        and cloned buffers: neither the model, its buffers, nor the base optimizer's state change.
         """
-        if not self.meta_due:
-            return None
-        self._warned_no_meta_step = True
         names = self._named_params(model)
         inputs, targets = batch
-        if callable(fresh_inputs):
-            fresh_inputs = fresh_inputs()
         params = [p for group in self.param_groups for p in group["params"]]
         directions = self._base_directions() if self.mode == "lr" else None
         buffers = {name: b.clone() for name, b in model.named_buffers()}
@@ -386,11 +379,12 @@ class APO(torch.optim.Optimizer):
         if self.lambda_fsd:
             with torch.no_grad():
                 target_outputs = functional_call(model, (theta, buffers), (fresh_inputs,))
+            self._check_outputs(target_outputs)
         with torch.enable_grad():
             steps = self._lookahead_steps(directions)
             if all(step is None for step in steps):
-                raise RuntimeError("APO.meta_step() needs the gradients of the loss on `batch`: call "
-                                   "loss.backward() before meta_step()")
+                raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() "
+                                   "before meta_step()")
             lookahead = dict(theta)
             for name, p, step in zip(names, params, steps):
                 if step is not None:
@@ -403,8 +397,24 @@ class APO(torch.optim.Optimizer):
                 q = q + self.lambda_fsd * self._divergence(fresh_outputs, target_outputs)
             if self.lambda_wsd:
                 q = q + 0.5 * self.lambda_wsd * sum(_square_norm(s) for s in steps if s is not None)
-            self.meta_optimizer.zero_grad(set_to_none=True)
-            q.backward()
+        return q
+
+    def meta_step(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                  fresh_inputs: torch.Tensor | Callable[[], torch.Tensor],
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float | None:
+        """If ``meta_due``: a meta-optimizer step on ``Q(φ)`` (``meta_objective``); return ``Q`` or ``None``.
+
+        Call it after ``loss_fn(model(inputs), targets).backward()`` and before ``step()``.
+        ``fresh_inputs`` may be a callable returning ``B'``, called only when a meta-step is due.
+        """
+        if not self.meta_due:
+            return None
+        self._warned_no_meta_step = True
+        if callable(fresh_inputs):
+            fresh_inputs = fresh_inputs()
+        q = self.meta_objective(model, batch, fresh_inputs, loss_fn)
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        q.backward()
         self.meta_optimizer.step()
         self._num_meta_steps += 1
         self._apply_meta_params()

@@ -31,5 +31,6 @@ class APOTraining(PlainTraining):
             self.scheduler.step()
         metrics = {"train_batch_loss": loss.item()}
         schedule = getattr(self.optimizer, "schedule", None)
-        metrics.update(schedule() if schedule is not None else {"lr": float(self.optimizer.param_groups[0]["lr"])})
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        metrics.update(schedule() if schedule is not None else {"lr": lr})
         return metrics
