@@ -160,7 +160,7 @@ class APO(torch.optim.Optimizer):
         # The param-group dicts are the base's own, so schedules written by APO (and read by loggers
         # through ``param_groups[i]["lr"]``) are the ones the base uses.
         super().__init__(self.base.param_groups, self.base.defaults)
-        self.state = self.base.state
+        self._share_base_groups()
         self._meta_params: list[list[torch.Tensor]] = []
         for group in self.param_groups:
             self._meta_params.append(self._init_meta_params(group))
@@ -168,6 +168,11 @@ class APO(torch.optim.Optimizer):
         self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(self._meta_groups(flat), lr=self.meta_lr)
         self._apply_meta_params()
         self._refresh_precond_scale()
+
+    def _share_base_groups(self) -> None:
+        # The base's ``load_state_dict`` builds new group dicts and a new state: share them again.
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
 
     # -- φ -------------------------------------------------------------------------------------------
     def _group_lr(self, group: dict[str, Any]) -> float:
@@ -461,7 +466,6 @@ class APO(torch.optim.Optimizer):
             return
         self.base.add_param_group(param_group)
         group = self.base.param_groups[-1]
-        self.param_groups.append(group)
         meta = self._init_meta_params(group)
         self._meta_params.append(meta)
         for meta_group in self._meta_groups(meta):
@@ -484,6 +488,7 @@ class APO(torch.optim.Optimizer):
         require("state_dict['meta_params']", saved, saved == shapes,
                 f"shapes {shapes} (the same mode and params)")
         self.base.load_state_dict(state_dict["base"])
+        self._share_base_groups()
         with torch.no_grad():
             for group, values in zip(self._meta_params, state_dict["meta_params"]):
                 for t, value in zip(group, values):
