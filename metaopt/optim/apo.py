@@ -156,6 +156,7 @@ class APO(torch.optim.Optimizer):
         self._last_q = float("nan")
         self._warned_no_meta_step = False
         self._lr_ratios: list[float] = []
+        self._pending_directions: list[torch.Tensor | None] | None = None
         self._precond_scale = float("nan")
         # The param-group dicts are the base's own, so schedules written by APO (and read by loggers
         # through ``param_groups[i]["lr"]``) are the ones the base uses.
@@ -300,6 +301,9 @@ class APO(torch.optim.Optimizer):
         require("model", type(model).__name__, missing == 0,
                 f"the module whose parameters APO optimizes ({missing} of the optimizer's {len(params)} "
                 "parameters are not parameters of this model)")
+        if all(p.grad is None for p in params):
+            raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() before "
+                               "meta_step()")
         return [names[id(p)] for p in params]
 
     def _divergence(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -321,13 +325,18 @@ class APO(torch.optim.Optimizer):
                     "class logits in the last dimension (at least 2 classes)")
 
     @torch.no_grad()
-    def _base_directions(self) -> list[torch.Tensor | None]:
-        """The base's direction ``d`` (its step at ``lr = 1``), leaving its state and the params untouched."""
+    def _base_directions(self, keep_state: bool = False) -> list[torch.Tensor | None]:
+        """The base's direction ``d`` (its step at ``lr = 1``) per tensor; the params are left untouched.
+
+        ``keep_state=False`` also restores the base's state (a pure probe). ``keep_state=True`` keeps
+        the state of this step's update, and the next ``step()`` applies ``−η·d`` instead of running
+        the base again, so the base's state still advances exactly once per step.
+        """
         params = [p for group in self.param_groups for p in group["params"]]
         with_grad = [p for p in params if p.grad is not None]
         saved_params = [p.clone() for p in with_grad]
-        saved_state = {p: _clone_state(self.base.state[p]) if p in self.base.state else None
-                       for p in with_grad}
+        saved_state = {} if keep_state else {
+            p: _clone_state(self.base.state[p]) if p in self.base.state else None for p in with_grad}
         saved_lrs = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:
             group["lr"] = 1.0
@@ -337,6 +346,8 @@ class APO(torch.optim.Optimizer):
         finally:
             for p, saved in zip(with_grad, saved_params):
                 p.copy_(saved)
+                if keep_state:
+                    continue
                 if saved_state[p] is None:
                     self.base.state.pop(p, None)
                 else:
@@ -375,9 +386,14 @@ class APO(torch.optim.Optimizer):
         and cloned buffers: neither the model, its buffers, nor the base optimizer's state change.
         """
         names = self._named_params(model)
+        directions = self._base_directions() if self.mode == "lr" else None
+        return self._objective(model, names, batch, fresh_inputs, loss_fn, directions)
+
+    def _objective(self, model: nn.Module, names: list[str], batch: tuple[torch.Tensor, torch.Tensor],
+                   fresh_inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   directions: list[torch.Tensor | None] | None) -> torch.Tensor:
         inputs, targets = batch
         params = [p for group in self.param_groups for p in group["params"]]
-        directions = self._base_directions() if self.mode == "lr" else None
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         theta = {name: p.detach() for name, p in model.named_parameters()}
         target_outputs = None
@@ -387,9 +403,6 @@ class APO(torch.optim.Optimizer):
             self._check_outputs(target_outputs)
         with torch.enable_grad():
             steps = self._lookahead_steps(directions)
-            if all(step is None for step in steps):
-                raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() "
-                                   "before meta_step()")
             lookahead = dict(theta)
             for name, p, step in zip(names, params, steps):
                 if step is not None:
@@ -409,15 +422,20 @@ class APO(torch.optim.Optimizer):
                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float | None:
         """If ``meta_due``: a meta-optimizer step on ``Q(φ)`` (``meta_objective``); return ``Q`` or ``None``.
 
-        Call it after ``loss_fn(model(inputs), targets).backward()`` and before ``step()``.
-        ``fresh_inputs`` may be a callable returning ``B'``, called only when a meta-step is due.
+        Call it after ``loss_fn(model(inputs), targets).backward()`` and right before ``step()``.
+        ``fresh_inputs`` may be a callable returning ``B'``, called only when a meta-step is due. In
+        ``mode="lr"`` the base's update of this step is computed here (at ``lr = 1``, the params
+        restored) and ``step()`` applies it scaled by the new η: one base update per step, as without APO.
         """
         if not self.meta_due:
             return None
         self._warned_no_meta_step = True
         if callable(fresh_inputs):
             fresh_inputs = fresh_inputs()
-        q = self.meta_objective(model, batch, fresh_inputs, loss_fn)
+        names = self._named_params(model)
+        if self.mode == "lr":
+            self._pending_directions = self._base_directions(keep_state=True)
+        q = self._objective(model, names, batch, fresh_inputs, loss_fn, self._pending_directions)
         self.meta_optimizer.zero_grad(set_to_none=True)
         q.backward()
         self.meta_optimizer.step()
@@ -441,12 +459,15 @@ class APO(torch.optim.Optimizer):
                           "adapted; call apo.meta_step(model, batch, fresh_inputs, loss_fn) before step()")
             self._warned_no_meta_step = True
         self._num_steps += 1
-        if self.mode == "lr":
+        if self.mode == "lr" and self._pending_directions is None:
             return self.base.step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.mode == "lr":
+            self._apply_pending_directions()
+            return loss
         raw = []
         for index in range(len(self.param_groups)):
             for p, log_scale, left, right in self._precond_factors(index):
@@ -459,6 +480,16 @@ class APO(torch.optim.Optimizer):
             for p, grad in raw:
                 p.grad = grad
         return loss
+
+    def _apply_pending_directions(self) -> None:
+        """``θ ← θ − η·d`` with the direction ``meta_step`` computed (and the base's state it advanced)."""
+        directions = iter(self._pending_directions)
+        for group in self.param_groups:
+            pairs = [(p, d) for p, d in zip(group["params"], directions) if d is not None]
+            if pairs:
+                params, steps = zip(*pairs)
+                torch._foreach_add_(list(params), list(steps), alpha=-group["lr"])
+        self._pending_directions = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not hasattr(self, "_meta_params"):  # torch.optim.Optimizer.__init__ adding the base's groups

@@ -186,30 +186,51 @@ def test_learned_full_matrix_preconditioner_approaches_the_damped_inverse_metric
 
 
 @pytest.mark.parametrize("mode", ["lr", "precond"])
-def test_meta_step_leaves_params_buffers_and_base_state_untouched(mode):
+def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     opt = APO(model.parameters(), functools.partial(torch.optim.Adam, lr=1e-2), mode=mode, meta_interval=1)
     inputs, targets, fresh = torch.randn(16, 4), torch.randn(16, 2), torch.randn(16, 4)
-    for _ in range(3):
-        opt.zero_grad()
-        _half_mse(model(inputs), targets).backward()
-        opt.base.step()
-    opt.zero_grad()
-    _half_mse(model(inputs), targets).backward()
+    _warm_up(model, opt, (inputs, targets), _half_mse)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state_before = {k: v.clone() for k, v in opt.base.state[model[0].weight].items()}
     lr_before = opt.param_groups[0]["lr"]
-    assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
+    opt.meta_objective(model, (inputs, targets), fresh, _half_mse).backward()
+    if mode == "precond":
+        assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # incl. BatchNorm running stats
     for key, value in opt.base.state[model[0].weight].items():
         assert torch.equal(value, state_before[key]), key
     assert model[0].weight.grad is not None
     if mode == "lr":
+        assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
         assert opt.param_groups[0]["lr"] != lr_before  # φ moved, and the group reads the new η
     else:
         assert opt.param_groups[0]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_meta_step_then_step_advances_the_base_state_once(base):
+    torch.manual_seed(0)
+    model, twin = nn.Linear(4, 2), nn.Linear(4, 2)
+    twin.load_state_dict(model.state_dict())
+    opt = APO(model.parameters(), BASES[base], meta_interval=1)
+    reference = BASES[base](twin.parameters())
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        inputs, targets = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+        for net, optimizer in ((model, opt), (twin, reference)):
+            optimizer.zero_grad()
+            _half_mse(net(inputs), targets).backward()
+        opt.meta_step(model, (inputs, targets), torch.randn(8, 4, generator=gen), _half_mse)
+        reference.param_groups[0]["lr"] = opt.lrs[0]
+        opt.step()
+        reference.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
+        for key, value in reference.state[q].items():
+            torch.testing.assert_close(opt.base.state[p][key], value)
 
 
 def test_lr_mode_step_is_the_base_step_at_the_learned_lr():
