@@ -158,6 +158,8 @@ class APO(torch.optim.Optimizer):
         self._lr_ratios: list[float] = []
         self._pending_directions: list[torch.Tensor | None] | None = None
         self._precond_scale = float("nan")
+        self._scales: list[float] = []
+        self._precond_cache: list[tuple] = []
         # The param-group dicts are the base's own, so schedules written by APO (and read by loggers
         # through ``param_groups[i]["lr"]``) are the ones the base uses.
         super().__init__(self.base.param_groups, self.base.defaults)
@@ -168,7 +170,6 @@ class APO(torch.optim.Optimizer):
         flat = [t for group in self._meta_params for t in group]
         self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(self._meta_groups(flat), lr=self.meta_lr)
         self._apply_meta_params()
-        self._refresh_precond_scale()
 
     def _share_base_groups(self) -> None:
         # The base's ``load_state_dict`` builds new group dicts and a new state: share them again.
@@ -257,6 +258,30 @@ class APO(torch.optim.Optimizer):
         else:
             for group in self.param_groups:
                 group["lr"] = 1.0
+            self._refresh_precond_cache()
+
+    @torch.no_grad()
+    def _refresh_precond_cache(self) -> None:
+        """``P`` changes only at meta-steps: keep ``(p, exp(c), exp(c)·LLᵀ or None, RRᵀ or None)`` per tensor,
+        so that a step costs two matmuls per matrix and no factor products."""
+        self._precond_cache = []
+        for index in range(len(self.param_groups)):
+            for p, log_scale, left, right in self._precond_factors(index):
+                scale = log_scale.exp().to(p.dtype)
+                left_gram = None if left is None else scale * (left @ left.T)
+                right_gram = None if right is None else right @ right.T
+                if left_gram is None and right_gram is not None:
+                    right_gram = scale * right_gram
+                self._precond_cache.append((p, scale, left_gram, right_gram))
+        scales = []
+        for _, scale, left_gram, right_gram in self._precond_cache:
+            if left_gram is None and right_gram is None:
+                scales.append(scale.float())
+            else:
+                trace = [1.0 if g is None else g.float().diagonal().mean() for g in (left_gram, right_gram)]
+                scales.append(trace[0] * trace[1])
+        self._scales = torch.stack(scales).tolist()  # one host sync per meta-step
+        self._precond_scale = math.exp(sum(math.log(s) for s in self._scales) / len(self._scales))
 
     # -- reading the schedule ------------------------------------------------------------------------
     @property
@@ -269,18 +294,9 @@ class APO(torch.optim.Optimizer):
         """``mode="lr"``: the current η of every param group."""
         return [float(group["lr"]) for group in self.param_groups]
 
-    @torch.no_grad()
     def precond_scales(self) -> list[float]:
         """``mode="precond"``: per tensor, the mean eigenvalue ``exp(c)·tr(LLᵀ)/m·tr(RRᵀ)/n`` of its ``P``."""
-        scales = []
-        for index in range(len(self.param_groups)):
-            for _, log_scale, left, right in self._precond_factors(index):
-                scale = log_scale.exp()
-                for factor in (left, right):
-                    if factor is not None:
-                        scale = scale * factor.float().square().sum() / factor.shape[0]
-                scales.append(float(scale))
-        return scales
+        return list(self._scales)
 
     def schedule(self) -> dict[str, float]:
         """What to log each step: ``lr`` (group 0's η, plus ``lr_<i>`` for other groups) or ``precond_scale``
@@ -441,14 +457,8 @@ class APO(torch.optim.Optimizer):
         self.meta_optimizer.step()
         self._num_meta_steps += 1
         self._apply_meta_params()
-        self._refresh_precond_scale()
         self._last_q = float(q.detach())
         return self._last_q
-
-    def _refresh_precond_scale(self) -> None:
-        if self.mode == "precond":
-            scales = self.precond_scales()
-            self._precond_scale = math.exp(sum(math.log(s) for s in scales) / len(scales))
 
     # -- torch.optim.Optimizer interface -------------------------------------------------------------
     @torch.no_grad()
@@ -469,11 +479,20 @@ class APO(torch.optim.Optimizer):
             self._apply_pending_directions()
             return loss
         raw = []
-        for index in range(len(self.param_groups)):
-            for p, log_scale, left, right in self._precond_factors(index):
-                if p.grad is not None:
-                    raw.append((p, p.grad))
-                    p.grad = self._precondition(p.grad, log_scale, left, right)
+        for p, scale, left_gram, right_gram in self._precond_cache:
+            grad = p.grad
+            if grad is None:
+                continue
+            raw.append((p, grad))
+            if left_gram is None and right_gram is None:
+                p.grad = scale * grad
+                continue
+            matrix = grad.reshape(grad.shape[0], -1)
+            if left_gram is not None:
+                matrix = left_gram @ matrix
+            if right_gram is not None:
+                matrix = matrix @ right_gram
+            p.grad = matrix.reshape(grad.shape)
         try:
             self.base.step()
         finally:
@@ -530,4 +549,3 @@ class APO(torch.optim.Optimizer):
         self._last_q = float(state_dict["last_q"])
         self._warned_no_meta_step = self._num_meta_steps > 0
         self._apply_meta_params()
-        self._refresh_precond_scale()
