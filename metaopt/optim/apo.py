@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaopt.checks import require
 
@@ -410,12 +411,19 @@ class APO(torch.optim.Optimizer):
                    directions: list[torch.Tensor | None] | None) -> torch.Tensor:
         inputs, targets = batch
         params = [p for group in self.param_groups for p in group["params"]]
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        # BatchNorm mixes the examples of a batch and updates running statistics: then B and B' run
+        # separately, on cloned buffers. Otherwise one forward of the concatenated batch serves both.
+        batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
+        buffers = {name: b.clone() for name, b in model.named_buffers()} if batch_norm else {}
+        concatenate = (self.lambda_fsd and not batch_norm and isinstance(inputs, torch.Tensor)
+                       and isinstance(fresh_inputs, torch.Tensor)
+                       and inputs.shape[1:] == fresh_inputs.shape[1:])
         theta = {name: p.detach() for name, p in model.named_parameters()}
         target_outputs = None
         if self.lambda_fsd:
             with torch.no_grad():
-                target_outputs = functional_call(model, (theta, buffers), (fresh_inputs,))
+                target_outputs = (functional_call(model, (theta, buffers), (fresh_inputs,)) if batch_norm
+                                  else model(fresh_inputs))
             self._check_outputs(target_outputs)
         with torch.enable_grad():
             steps = self._lookahead_steps(directions)
@@ -423,11 +431,17 @@ class APO(torch.optim.Optimizer):
             for name, p, step in zip(names, params, steps):
                 if step is not None:
                     lookahead[name] = p.detach() - step.to(p.dtype)
-            outputs = functional_call(model, (lookahead, buffers), (inputs,))
-            self._check_outputs(outputs)
+            if concatenate:
+                both = functional_call(model, (lookahead, buffers), (torch.cat([inputs, fresh_inputs]),))
+                self._check_outputs(both)
+                outputs, fresh_outputs = both.split([len(inputs), len(fresh_inputs)])
+            else:
+                outputs = functional_call(model, (lookahead, buffers), (inputs,))
+                self._check_outputs(outputs)
             q = loss_fn(outputs, targets)
             if self.lambda_fsd:
-                fresh_outputs = functional_call(model, (lookahead, buffers), (fresh_inputs,))
+                if not concatenate:
+                    fresh_outputs = functional_call(model, (lookahead, buffers), (fresh_inputs,))
                 q = q + self.lambda_fsd * self._divergence(fresh_outputs, target_outputs)
             if self.lambda_wsd:
                 q = q + 0.5 * self.lambda_wsd * sum(_square_norm(s) for s in steps if s is not None)
