@@ -467,11 +467,12 @@ class APO(torch.optim.Optimizer):
             self._pending_directions = self._base_directions(keep_state=True)
         q = self._objective(model, names, batch, fresh_inputs, loss_fn, self._pending_directions)
         self.meta_optimizer.zero_grad(set_to_none=True)
-        q.backward()
-        self.meta_optimizer.step()
-        self._num_meta_steps += 1
-        self._apply_meta_params()
         self._last_q = float(q.detach())
+        if math.isfinite(self._last_q):  # a lookahead that overflowed says nothing about φ: keep it
+            q.backward()
+            self.meta_optimizer.step()
+            self._apply_meta_params()
+        self._num_meta_steps += 1
         return self._last_q
 
     # -- torch.optim.Optimizer interface -------------------------------------------------------------

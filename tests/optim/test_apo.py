@@ -314,6 +314,15 @@ def test_wrapping_an_existing_optimizer_and_the_precond_fallback_for_biases():
     assert opt.precond_scales() == pytest.approx([0.1] * 6)
 
 
+def test_a_non_finite_lookahead_leaves_phi_unchanged():
+    model = nn.Linear(2, 1)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=1e30), meta_interval=1)
+    inputs, targets = torch.full((4, 2), 1e10), torch.zeros(4, 1)
+    _half_mse(model(inputs), targets).backward()
+    assert not math.isfinite(opt.meta_step(model, (inputs, targets), inputs, _half_mse))
+    assert opt.lrs == pytest.approx([1e30]) and opt.meta_optimizer.state_dict()["state"] == {}
+
+
 def test_step_without_meta_step_warns():
     model = nn.Linear(2, 1)
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), meta_interval=2)
