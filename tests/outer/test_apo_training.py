@@ -4,6 +4,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -70,3 +71,13 @@ def test_apo_training_resumes_exactly_from_a_weights_only_checkpoint():
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert [resumed.step() for _ in range(7)] == expected
+
+
+def test_bad_apo_settings_fail_before_the_first_step(tmp_path):
+    for override, message in (("optimizer.lambda_fsd=-1", r"invalid lambda_fsd: -1"),
+                              ("optimizer.meta_interval=0", r"invalid meta_interval: 0"),
+                              ("optimizer.base.lr=0", r"invalid base lr: 0")):
+        cfg = _config("optimizer=apo_lr", "task=linreg", "outer.steps=5", override)
+        with pytest.raises(ValueError, match=message):
+            run(cfg, tmp_path)
+        assert not (tmp_path / "metrics.jsonl").exists()
