@@ -53,6 +53,11 @@ def divergence_for(kind: str) -> str:
     return _KIND_TO_DIVERGENCE[kind]
 
 
+# The base's direction is read off as (θ − θ_after)/lr. A large power of two keeps the difference
+# well above the rounding of θ, so that d is exact to the params' precision even in bfloat16.
+_PROBE_LR = 1024.0
+
+
 def _finite_nonnegative(value: Any) -> bool:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return number and math.isfinite(value) and value >= 0
@@ -356,10 +361,10 @@ class APO(torch.optim.Optimizer):
             p: _clone_state(self.base.state[p]) if p in self.base.state else None for p in with_grad}
         saved_lrs = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:
-            group["lr"] = 1.0
+            group["lr"] = _PROBE_LR
         try:
             self.base.step()
-            directions = {p: saved - p for p, saved in zip(with_grad, saved_params)}
+            directions = {p: (saved - p).div_(_PROBE_LR) for p, saved in zip(with_grad, saved_params)}
         finally:
             for p, saved in zip(with_grad, saved_params):
                 p.copy_(saved)
@@ -387,10 +392,9 @@ class APO(torch.optim.Optimizer):
                     steps.append(None if d is None else eta.to(d.dtype) * d)
                     index += 1
             return steps
-        for index in range(len(self.param_groups)):
-            for p, log_scale, left, right in self._precond_factors(index):
-                grad = None if p.grad is None else p.grad.detach()
-                steps.append(None if grad is None else self._precondition(grad, log_scale, left, right))
+        factors = (f for index in range(len(self.param_groups)) for f in self._precond_factors(index))
+        for (_, log_scale, left, right), d in zip(factors, directions):
+            steps.append(None if d is None else self._precondition(d, log_scale, left, right))
         return steps
 
     def meta_objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
@@ -403,7 +407,7 @@ class APO(torch.optim.Optimizer):
         and cloned buffers: neither the model, its buffers, nor the base optimizer's state change.
         """
         names = self._named_params(model)
-        directions = self._base_directions() if self.mode == "lr" else None
+        directions = self._base_directions()
         return self._objective(model, names, batch, fresh_inputs, loss_fn, directions)
 
     def _objective(self, model: nn.Module, names: list[str], batch: tuple[torch.Tensor, torch.Tensor],
@@ -463,8 +467,7 @@ class APO(torch.optim.Optimizer):
         if callable(fresh_inputs):
             fresh_inputs = fresh_inputs()
         names = self._named_params(model)
-        if self.mode == "lr":
-            self._pending_directions = self._base_directions(keep_state=True)
+        self._pending_directions = self._base_directions(keep_state=True)
         q = self._objective(model, names, batch, fresh_inputs, loss_fn, self._pending_directions)
         self.meta_optimizer.zero_grad(set_to_none=True)
         self._last_q = float(q.detach())
@@ -478,7 +481,7 @@ class APO(torch.optim.Optimizer):
     # -- torch.optim.Optimizer interface -------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
-        """One base step with the current η (``mode="lr"``) or on the preconditioned gradients."""
+        """One step: the base's update at the current η (``mode="lr"``), or preconditioned by ``P``."""
         if self._num_steps >= self.meta_interval and not self._warned_no_meta_step:
             warnings.warn("APO.step() has run a full meta_interval without meta_step(): φ is not being "
                           "adapted; call apo.meta_step(model, batch, fresh_inputs, loss_fn) before step()")
@@ -490,40 +493,36 @@ class APO(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._pending_directions is None:
+            self._pending_directions = self._base_directions(keep_state=True)
+        self._apply_pending_directions()
+        return loss
+
+    def _apply_pending_directions(self) -> None:
+        """``θ ← θ − η·d`` or ``θ ← θ − P·d``, ``d`` the base's update at ``lr = 1`` (its state advanced)."""
+        directions = self._pending_directions
+        self._pending_directions = None
         if self.mode == "lr":
-            self._apply_pending_directions()
-            return loss
-        raw = []
-        for p, scale, left_gram, right_gram in self._precond_cache:
-            grad = p.grad
-            if grad is None:
+            index = 0
+            for group in self.param_groups:
+                pairs = [(p, d) for p, d in zip(group["params"], directions[index:]) if d is not None]
+                index += len(group["params"])
+                if pairs:
+                    params, steps = zip(*pairs)
+                    torch._foreach_add_(list(params), list(steps), alpha=-group["lr"])
+            return
+        for (p, scale, left_gram, right_gram), d in zip(self._precond_cache, directions):
+            if d is None:
                 continue
-            raw.append((p, grad))
             if left_gram is None and right_gram is None:
-                p.grad = scale * grad
+                p.sub_(scale * d)
                 continue
-            matrix = grad.reshape(grad.shape[0], -1)
+            matrix = d.reshape(d.shape[0], -1)
             if left_gram is not None:
                 matrix = left_gram @ matrix
             if right_gram is not None:
                 matrix = matrix @ right_gram
-            p.grad = matrix.reshape(grad.shape)
-        try:
-            self.base.step()
-        finally:
-            for p, grad in raw:
-                p.grad = grad
-        return loss
-
-    def _apply_pending_directions(self) -> None:
-        """``θ ← θ − η·d`` with the direction ``meta_step`` computed (and the base's state it advanced)."""
-        directions = iter(self._pending_directions)
-        for group in self.param_groups:
-            pairs = [(p, d) for p, d in zip(group["params"], directions) if d is not None]
-            if pairs:
-                params, steps = zip(*pairs)
-                torch._foreach_add_(list(params), list(steps), alpha=-group["lr"])
-        self._pending_directions = None
+            p.sub_(matrix.reshape(p.shape))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not hasattr(self, "_meta_params"):  # torch.optim.Optimizer.__init__ adding the base's groups

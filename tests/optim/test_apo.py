@@ -196,18 +196,16 @@ def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
     state_before = {k: v.clone() for k, v in opt.base.state[model[0].weight].items()}
     lr_before = opt.param_groups[0]["lr"]
     opt.meta_objective(model, (inputs, targets), fresh, _half_mse).backward()
-    if mode == "precond":
-        assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # incl. BatchNorm running stats
     for key, value in opt.base.state[model[0].weight].items():
         assert torch.equal(value, state_before[key]), key
     assert model[0].weight.grad is not None
+    assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
     if mode == "lr":
-        assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
         assert opt.param_groups[0]["lr"] != lr_before  # φ moved, and the group reads the new η
     else:
-        assert opt.param_groups[0]["lr"] == 1.0
+        assert opt.param_groups[0]["lr"] == 1.0 and opt.precond_scales() != pytest.approx([1e-2] * 4)
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
@@ -231,6 +229,27 @@ def test_meta_step_then_step_advances_the_base_state_once(base):
         torch.testing.assert_close(p, q)
         for key, value in reference.state[q].items():
             torch.testing.assert_close(opt.base.state[p][key], value)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_precond_with_a_frozen_identity_is_the_base_at_its_lr(base):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    twin = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    twin.load_state_dict(model.state_dict())
+    opt = APO(model.parameters(), BASES[base], mode="precond", meta_lr=0.0, meta_interval=2)
+    reference = BASES[base](twin.parameters())
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):  # meta-steps (φ frozen by meta_lr = 0) at steps 0, 2, 4; plain steps in between
+        inputs, targets = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+        for net, optimizer in ((model, opt), (twin, reference)):
+            optimizer.zero_grad()
+            _half_mse(net(inputs), targets).backward()
+        opt.meta_step(model, (inputs, targets), torch.randn(8, 4, generator=gen), _half_mse)
+        opt.step()
+        reference.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
 
 
 def test_lr_mode_step_is_the_base_step_at_the_learned_lr():
