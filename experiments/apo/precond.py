@@ -1,9 +1,9 @@
 """APO-Precond against Adam and SGD with momentum on the digits autoencoder, in float32 and bfloat16.
 
 Adam and SGD+momentum use the best learning rate of a small grid (chosen in float32); APO-Precond
-learns per-layer Kronecker factors ``ΔW = −exp(c)·L Lᵀ ∇W R Rᵀ`` from ``P₀ = 0.1·I`` with no
-tuning. bfloat16 runs keep the model, data, gradients and APO's factors in bfloat16 (no inverse is
-ever taken). ``python -m experiments.apo.precond`` writes ``precond.png`` and ``precond_results.md``.
+learns per-layer Kronecker factors ``ΔW = −exp(c)·L Lᵀ D R Rᵀ`` (``D`` the base's step) from
+``P₀ = lr·I`` with the base's usual lr, with no tuning. bfloat16 runs keep the model, data,
+gradients and APO's factors in bfloat16 (no inverse is ever taken). ``python -m experiments.apo.precond`` writes ``precond.png`` and ``precond_results.md``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ GRIDS = {
     "SGD+momentum": (functools.partial(torch.optim.SGD, momentum=0.9), [0.03, 0.1, 0.3, 1.0]),
     "Adam": (torch.optim.Adam, [1e-3, 3e-3, 1e-2, 3e-2]),
 }
-APO_PRECOND = functools.partial(APO, base=functools.partial(torch.optim.SGD, lr=0.1), mode="precond",
-                                lambda_fsd=1.0, meta_interval=10, meta_lr=0.1, divergence="mse")
+APO_PRECOND = {  # untuned: P₀ = (the base's usual lr)·I, λ_FSD = 1, meta_interval 10, meta-lr 0.1
+    "APO-Precond (SGD base, P₀ = 0.1·I)": functools.partial(torch.optim.SGD, lr=0.1),
+    "APO-Precond (SGD+momentum base, P₀ = 0.03·I)": functools.partial(torch.optim.SGD, lr=0.03, momentum=0.9),
+    "APO-Precond (Adam base, P₀ = 0.001·I)": functools.partial(torch.optim.Adam, lr=1e-3),
+}
 
 
 def main() -> None:
@@ -40,9 +43,12 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             label = f"{name} (lr {best_lr:g})"
             runs[name, dtype] = train(task, functools.partial(base, lr=best_lr), STEPS, label, dtype=dtype)
-    for dtype in (torch.float32, torch.bfloat16):
-        runs["APO-Precond", dtype] = train(task, APO_PRECOND, STEPS, "APO-Precond (SGD base, P₀ = 0.1·I)",
-                                           dtype=dtype)
+    for label, base in APO_PRECOND.items():
+        apo = functools.partial(APO, base=base, mode="precond", lambda_fsd=1.0, meta_interval=10, meta_lr=0.1,
+                                divergence="mse")
+        for dtype in (torch.float32, torch.bfloat16):
+            runs[label, dtype] = train(task, apo, STEPS, label, dtype=dtype)
+            print(label, dtype, runs[label, dtype].final, flush=True)
     _plot(runs)
     _write_table(runs)
 
@@ -53,18 +59,16 @@ def _smooth(values: list[float], width: int = 10) -> np.ndarray:
 
 
 def _plot(runs) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colors = {"SGD+momentum": "tab:gray", "Adam": "tab:blue", "APO-Precond": "tab:red"}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    colors = {"SGD+momentum": "tab:gray", "Adam": "tab:blue", "APO-Precond (SGD base": "tab:orange",
+              "APO-Precond (SGD+momentum": "tab:red", "APO-Precond (Adam": "tab:purple"}
     for (name, dtype), run in runs.items():
-        style = "-" if dtype == torch.float32 else "--"
         ax = axes[0] if dtype == torch.float32 else axes[1]
-        for target in (ax, axes[2]):
-            if target is axes[2] and name != "APO-Precond":
-                continue
-            smoothed = _smooth(run.losses)
-            target.plot(run.steps[len(run.steps) - len(smoothed):], smoothed, style, color=colors[name],
-                        label=f"{run.label}, {str(dtype).split('.')[-1]}")
-    for ax, title in zip(axes, ("float32", "bfloat16", "APO-Precond: float32 vs bfloat16")):
+        color = next(c for prefix, c in colors.items() if name.startswith(prefix))
+        smoothed = _smooth(run.losses)
+        style = "-" if name.startswith("APO") else ":"
+        ax.plot(run.steps[len(run.steps) - len(smoothed):], smoothed, style, color=color, label=run.label)
+    for ax, title in zip(axes, ("float32", "bfloat16 (model, data, gradients and APO's factors)")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("training batch loss (smoothed)")
