@@ -3,7 +3,8 @@
 Adam and SGD+momentum use the best learning rate of a small grid (chosen in float32); APO-Precond
 learns per-layer Kronecker factors ``ΔW = −exp(c)·L Lᵀ D R Rᵀ`` (``D`` the base's step) from
 ``P₀ = lr·I`` with the base's usual lr, with no tuning. bfloat16 runs keep the model, data,
-gradients and APO's factors in bfloat16 (no inverse is ever taken). ``python -m experiments.apo.precond`` writes ``precond.png`` and ``precond_results.md``.
+gradients and APO's factors in bfloat16 (no inverse is ever taken).
+``python -m experiments.apo.precond`` writes ``precond.png`` and ``precond_results.md``.
 """
 
 from __future__ import annotations
