@@ -79,17 +79,18 @@ class APO(torch.optim.Optimizer):
         params: the parameters to train (an iterable of tensors or of param-group dicts).
         base: the base optimizer: a factory ``params -> torch.optim.Optimizer`` (a class such as
             ``torch.optim.SGD``, a ``functools.partial``), or an optimizer already built on ``params``.
-            Its update must be proportional to its ``lr`` (true for SGD, momentum, Adam(W), RMSprop, ...).
+            Its update must be ``lr·d`` with ``d`` and its state independent of ``lr`` (SGD, momentum,
+            Adam(W), RMSprop, Adagrad, ...): its direction ``d`` is read off a step at a probe lr.
         mode: ``"lr"``: ``θ' = θ − η·d`` with ``d`` the base's direction (its step at ``lr = 1``: the
             gradient, the momentum buffer, Adam's normalised step) and ``η = exp(a)`` learned, starting
             from the base's ``lr``; APO owns ``group["lr"]``, which always holds the current η.
-            ``"precond"``: ``θ' = θ − P∇J`` with ``P`` block-diagonal per tensor. A tensor with two or
-            more dimensions (``nn.Linear`` weight ``m×n``, ``nn.Conv2d`` weight ``m×(c·k·k)``) is
-            preconditioned as ``ΔW = −exp(c)·L Lᵀ ∇W R Rᵀ`` (Kronecker-factored as in K-FAC, PSD by
+            ``"precond"``: ``θ' = θ − P·d`` with ``P`` block-diagonal per tensor; with an SGD base
+            ``d = ∇J`` (the paper's ``θ − P∇J``), with momentum or Adam ``P`` preconditions their step.
+            A tensor with two or more dimensions (``nn.Linear`` weight ``m×n``, ``nn.Conv2d`` weight
+            ``m×(c·k·k)``) gets ``ΔW = −exp(c)·L Lᵀ D R Rᵀ`` (Kronecker-factored as in K-FAC, PSD by
             construction, no inverse); a side longer than ``max_factor_size`` keeps the identity.
-            Fallback for 1-d tensors (biases, norm scales): ``Δb = −exp(c)·∇b``, a learned per-tensor
-            learning rate. ``P`` starts as ``lr·I`` (the base's ``lr``). The preconditioned gradient is
-            handed to the base, whose ``lr`` is then fixed to 1 (momentum and weight decay apply on top).
+            Fallback for 1-d tensors (biases, norm scales): ``Δb = −exp(c)·d``, a learned per-tensor
+            learning rate. ``P`` starts as ``lr·I`` (the base's ``lr``, which then stays 1).
         lambda_fsd: ``λ_FSD``, weight of the function-space proximity term (``0``: none).
         lambda_wsd: ``λ_WSD``, weight of the weight-space proximity term (``0``: none).
             ``λ_FSD = λ_WSD = 0`` is greedy one-step tuning, which is short-horizon biased.
