@@ -357,7 +357,7 @@ class APO(torch.optim.Optimizer):
         """
         params = [p for group in self.param_groups for p in group["params"]]
         with_grad = [p for p in params if p.grad is not None]
-        saved_params = [p.clone() for p in with_grad]
+        saved_params = torch._foreach_mul(with_grad, 1.0)
         saved_state = {} if keep_state else {
             p: _clone_state(self.base.state[p]) if p in self.base.state else None for p in with_grad}
         saved_lrs = [group["lr"] for group in self.param_groups]
@@ -365,18 +365,18 @@ class APO(torch.optim.Optimizer):
             group["lr"] = _PROBE_LR
         try:
             self.base.step()
-            directions = {p: (saved - p).div_(_PROBE_LR) for p, saved in zip(with_grad, saved_params)}
+            steps = torch._foreach_sub(saved_params, with_grad)
+            torch._foreach_div_(steps, _PROBE_LR)
         finally:
-            for p, saved in zip(with_grad, saved_params):
-                p.copy_(saved)
-                if keep_state:
-                    continue
+            torch._foreach_copy_(with_grad, saved_params)
+            for p in saved_state:
                 if saved_state[p] is None:
                     self.base.state.pop(p, None)
                 else:
                     self.base.state[p] = saved_state[p]
             for group, lr in zip(self.param_groups, saved_lrs):
                 group["lr"] = lr
+        directions = dict(zip(with_grad, steps))
         return [directions.get(p) for p in params]
 
     def _lookahead_steps(self, directions: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
@@ -480,7 +480,6 @@ class APO(torch.optim.Optimizer):
         return self._last_q
 
     # -- torch.optim.Optimizer interface -------------------------------------------------------------
-    @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
         """One step: the base's update at the current η (``mode="lr"``), or preconditioned by ``P``."""
         if self._num_steps >= self.meta_interval and not self._warned_no_meta_step:
@@ -499,6 +498,7 @@ class APO(torch.optim.Optimizer):
         self._apply_pending_directions()
         return loss
 
+    @torch.no_grad()
     def _apply_pending_directions(self) -> None:
         """``θ ← θ − η·d`` or ``θ ← θ − P·d``, ``d`` the base's update at ``lr = 1`` (its state advanced)."""
         directions = self._pending_directions
