@@ -1,8 +1,8 @@
-"""APO: Amortized Proximal Optimization (Bae, Liang, Zhang, Grosse, Ba et al., 2022).
+"""APO: Amortized Proximal Optimization (Bae, Vicol, HaoChen and Grosse, NeurIPS 2022).
 
 APO meta-learns, online and during ordinary training, the parameters φ of an update rule
 ``θ' = u_φ(θ, B)`` by taking, every ``meta_interval`` steps, one gradient step on the one-step
-proximal-point objective (paper, Eq. 6)::
+proximal-point objective at the lookahead ``θ'(φ)`` (the paper's meta-objective, its Fig. 2)::
 
     Q(φ) = J_B(θ') + λ_FSD·D(f(·, θ'), f(·, θ); B') + (λ_WSD/2)·‖θ' − θ‖²
 
@@ -118,8 +118,9 @@ class APO(torch.optim.Optimizer):
     ``state_dict()`` holds the base's state, φ and the meta-optimizer's state.
 
     References:
-        J. Bae, P. Vicol, J. Z. HaoChen, R. Grosse. "Amortized Proximal Optimization", NeurIPS 2022:
-        Eq. 6 (meta-objective), Sec. 4.1 (APO-LR), Sec. 4.2 (structured preconditioners).
+        J. Bae, P. Vicol, J. Z. HaoChen, R. Grosse. "Amortized Proximal Optimization", NeurIPS 2022
+        (arXiv:2203.00089): the meta-objective Q(φ) at a one-step lookahead (Fig. 2), learning-rate
+        adaptation, and Kronecker-factored preconditioner adaptation without inverses.
     """
 
     def __init__(self, params: Iterable, base: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
@@ -401,7 +402,7 @@ class APO(torch.optim.Optimizer):
     def meta_objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                        fresh_inputs: torch.Tensor,
                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``Q(φ)`` at the current parameters (paper, Eq. 6), differentiable in φ only.
+        """``Q(φ)`` at the current parameters (the paper's meta-objective), differentiable in φ only.
 
         Needs ``.grad`` to hold ``∇J_B(θ)`` for ``batch = (inputs, targets)``; ``fresh_inputs`` is ``B'``.
         The lookahead runs ``model`` through ``torch.func.functional_call`` on detached parameters
