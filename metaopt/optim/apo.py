@@ -83,7 +83,8 @@ class APO(torch.optim.Optimizer):
             Adam(W), RMSprop, Adagrad, ...): its direction ``d`` is read off a step at a probe lr.
         mode: ``"lr"``: ``θ' = θ − η·d`` with ``d`` the base's direction (its step at ``lr = 1``: the
             gradient, the momentum buffer, Adam's normalised step) and ``η = exp(a)`` learned, starting
-            from the base's ``lr``; APO owns ``group["lr"]``, which always holds the current η.
+            from the base's ``lr``; APO owns ``group["lr"]``, which always holds the current η (so
+            do not also attach an lr scheduler: APO *is* the schedule).
             ``"precond"``: ``θ' = θ − P·d`` with ``P`` block-diagonal per tensor; with an SGD base
             ``d = ∇J`` (the paper's ``θ − P∇J``), with momentum or Adam ``P`` preconditions their step.
             A tensor with two or more dimensions (``nn.Linear`` weight ``m×n``, ``nn.Conv2d`` weight
@@ -163,7 +164,8 @@ class APO(torch.optim.Optimizer):
         self._num_meta_steps = 0
         self._last_q = float("nan")
         self._warned_no_meta_step = False
-        self._lr_ratios: list[float] = []
+        self._lr_ratios: list[float] = []  # lr_per_group=False: each group's lr / the first group's
+        self._lr_ratios_base = 1.0
         self._pending_directions: list[torch.Tensor | None] | None = None
         self._precond_scale = float("nan")
         self._scales: list[float] = []
