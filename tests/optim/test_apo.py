@@ -234,18 +234,18 @@ def test_meta_step_then_step_advances_the_base_state_once(base):
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_precond_with_a_frozen_identity_is_the_base_at_its_lr(base):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
-    twin = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    twin = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
     twin.load_state_dict(model.state_dict())
     opt = APO(model.parameters(), BASES[base], mode="precond", meta_lr=0.0, meta_interval=2)
     reference = BASES[base](twin.parameters())
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):  # meta-steps (φ frozen by meta_lr = 0) at steps 0, 2, 4; plain steps in between
-        inputs, targets = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+        inputs, targets = torch.randn(8, 2, 4, 4, generator=gen), torch.randn(8, 2, generator=gen)
         for net, optimizer in ((model, opt), (twin, reference)):
             optimizer.zero_grad()
             _half_mse(net(inputs), targets).backward()
-        opt.meta_step(model, (inputs, targets), torch.randn(8, 4, generator=gen), _half_mse)
+        opt.meta_step(model, (inputs, targets), torch.randn(8, 2, 4, 4, generator=gen), _half_mse)
         opt.step()
         reference.step()
     for p, q in zip(model.parameters(), twin.parameters()):
