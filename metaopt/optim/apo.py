@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -167,6 +168,7 @@ class APO(torch.optim.Optimizer):
         self._lr_ratios: list[float] = []  # lr_per_group=False: each group's lr / the first group's
         self._lr_ratios_base = 1.0
         self._pending_directions: list[torch.Tensor | None] | None = None
+        self._layout: tuple | None = None
         self._precond_scale = float("nan")
         self._scales: list[float] = []
         self._precond_cache: list[tuple] = []
@@ -320,17 +322,25 @@ class APO(torch.optim.Optimizer):
         return out
 
     # -- the meta-step -------------------------------------------------------------------------------
-    def _named_params(self, model: nn.Module) -> list[str]:
-        names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+    def _model_layout(self, model: nn.Module) -> tuple[list[str], list[str], bool]:
+        """The names of the optimizer's params in ``model``, the names of its other params, and whether
+        it holds BatchNorm; cached per model (re-derived when a name no longer holds the same param)."""
         params = [p for group in self.param_groups for p in group["params"]]
-        missing = sum(id(p) not in names for p in params)
+        if self._layout is not None and self._layout[0]() is model:
+            _, names, others, batch_norm = self._layout
+            if all(model.get_parameter(name) is p for name, p in zip(names, params)):
+                return names, others, batch_norm
+        by_id = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+        missing = sum(id(p) not in by_id for p in params)
         require("model", type(model).__name__, missing == 0,
                 f"the module whose parameters APO optimizes ({missing} of the optimizer's {len(params)} "
                 "parameters are not parameters of this model)")
-        if all(p.grad is None for p in params):
-            raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() before "
-                               "meta_step()")
-        return [names[id(p)] for p in params]
+        names = [by_id[id(p)] for p in params]
+        ours = {id(p) for p in params}
+        others = [name for name, p in model.named_parameters() if id(p) not in ours]
+        batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
+        self._layout = (weakref.ref(model), names, others, batch_norm)
+        return names, others, batch_norm
 
     def _divergence(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if callable(self.divergence):
@@ -410,46 +420,52 @@ class APO(torch.optim.Optimizer):
         The lookahead runs ``model`` through ``torch.func.functional_call`` on detached parameters
         and cloned buffers: neither the model, its buffers, nor the base optimizer's state change.
         """
-        names = self._named_params(model)
-        directions = self._base_directions()
-        return self._objective(model, names, batch, fresh_inputs, loss_fn, directions)
+        self._check_ready(model)
+        return self._objective(model, batch, fresh_inputs, loss_fn, self._base_directions())
 
-    def _objective(self, model: nn.Module, names: list[str], batch: tuple[torch.Tensor, torch.Tensor],
+    def _check_ready(self, model: nn.Module) -> None:
+        """The clear errors, raised before the probe touches the base."""
+        self._model_layout(model)
+        if all(p.grad is None for group in self.param_groups for p in group["params"]):
+            raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() before "
+                               "meta_step()")
+
+    def _objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                    fresh_inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   directions: list[torch.Tensor | None] | None) -> torch.Tensor:
-        inputs, targets = batch
+                   directions: list[torch.Tensor | None]) -> torch.Tensor:
+        names, others, batch_norm = self._model_layout(model)
         params = [p for group in self.param_groups for p in group["params"]]
+        inputs, targets = batch
         # BatchNorm mixes the examples of a batch and updates running statistics: then B and B' run
         # separately, on cloned buffers. Otherwise one forward of the concatenated batch serves both.
-        batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
         buffers = {name: b.clone() for name, b in model.named_buffers()} if batch_norm else {}
         concatenate = (self.lambda_fsd and not batch_norm and isinstance(inputs, torch.Tensor)
                        and isinstance(fresh_inputs, torch.Tensor)
                        and inputs.shape[1:] == fresh_inputs.shape[1:])
-        theta = {name: p.detach() for name, p in model.named_parameters()}
         target_outputs = None
         if self.lambda_fsd:
             with torch.no_grad():
-                target_outputs = (functional_call(model, (theta, buffers), (fresh_inputs,)) if batch_norm
+                target_outputs = (functional_call(model, buffers, (fresh_inputs,)) if batch_norm
                                   else model(fresh_inputs))
             self._check_outputs(target_outputs)
+        # Parameters APO does not optimize enter as constants, so Q is differentiable in φ only.
+        lookahead = {name: model.get_parameter(name).detach() for name in others}
+        lookahead.update(buffers)
         with torch.enable_grad():
             steps = self._lookahead_steps(directions)
-            lookahead = dict(theta)
             for name, p, step in zip(names, params, steps):
-                if step is not None:
-                    lookahead[name] = p.detach() - step.to(p.dtype)
+                lookahead[name] = p.detach() if step is None else p.detach() - step.to(p.dtype)
             if concatenate:
-                both = functional_call(model, (lookahead, buffers), (torch.cat([inputs, fresh_inputs]),))
+                both = functional_call(model, lookahead, (torch.cat([inputs, fresh_inputs]),))
                 self._check_outputs(both)
                 outputs, fresh_outputs = both.split([len(inputs), len(fresh_inputs)])
             else:
-                outputs = functional_call(model, (lookahead, buffers), (inputs,))
+                outputs = functional_call(model, lookahead, (inputs,))
                 self._check_outputs(outputs)
             q = loss_fn(outputs, targets)
             if self.lambda_fsd:
                 if not concatenate:
-                    fresh_outputs = functional_call(model, (lookahead, buffers), (fresh_inputs,))
+                    fresh_outputs = functional_call(model, lookahead, (fresh_inputs,))
                 q = q + self.lambda_fsd * self._divergence(fresh_outputs, target_outputs)
             if self.lambda_wsd:
                 q = q + 0.5 * self.lambda_wsd * sum(_square_norm(s) for s in steps if s is not None)
@@ -470,9 +486,9 @@ class APO(torch.optim.Optimizer):
         self._warned_no_meta_step = True
         if callable(fresh_inputs):
             fresh_inputs = fresh_inputs()
-        names = self._named_params(model)
+        self._check_ready(model)
         self._pending_directions = self._base_directions(keep_state=True)
-        q = self._objective(model, names, batch, fresh_inputs, loss_fn, self._pending_directions)
+        q = self._objective(model, batch, fresh_inputs, loss_fn, self._pending_directions)
         self.meta_optimizer.zero_grad(set_to_none=True)
         self._last_q = float(q.detach())
         if math.isfinite(self._last_q):  # a lookahead that overflowed says nothing about φ: keep it

@@ -375,6 +375,19 @@ def test_zero_base_lr_cannot_be_a_log_lr_and_a_foreign_base_is_refused():
         APO(model.parameters(), torch.optim.SGD(other.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize("mode", ["lr", "precond"])
+def test_params_outside_the_optimizer_are_constants_of_the_lookahead(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = APO(model[2].parameters(), functools.partial(torch.optim.SGD, lr=0.1), mode=mode, meta_interval=1)
+    inputs, targets = torch.randn(8, 3), torch.randn(8, 1)
+    _half_mse(model(inputs), targets).backward()
+    frozen_grad = model[0].weight.grad.clone()
+    opt.meta_step(model, (inputs, targets), torch.randn(8, 3), _half_mse)
+    assert torch.equal(model[0].weight.grad, frozen_grad)  # Q's backward reached φ only
+    assert all(t.grad is not None for t in opt._meta_params[0])
+
+
 def test_a_model_that_does_not_own_the_params_is_refused():
     model, other = nn.Linear(2, 1), nn.Linear(2, 1)
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
