@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m metaopt.run +experiment=main
+	$(PY) -m metaopt.run +experiment=pes_digits
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -8,11 +8,14 @@ plots, wandb) and atomic checkpoints with exact resume.
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -24,7 +27,22 @@ from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from metaopt.runner.plots import plot_curves
 from metaopt.runner.validate import validate_config
 
-_IMPORTED_AT = time.time()
+
+def _process_start_time() -> float:
+    """When this process started (Linux ``/proc``), else when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+# Startup is counted from process start for the first run of a process, from run() for later ones
+# (the basic launcher runs a sweep's jobs one after another in one process).
+_startup_origin = [_process_start_time()]
 CHECKPOINT = "checkpoint.pt"
 
 __all__ = ["main", "run", "DivergenceError"]
@@ -68,8 +86,19 @@ def _nonfinite(metrics: dict[str, float]) -> str | None:
 
 def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
+    origin = _startup_origin.pop() if _startup_origin else time.time()
     validate_config(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        # torchrun: rank 0 owns the run folder; each other rank logs locally and checkpoints its own
+        # share of the state (e.g. its particles) in a subfolder, and resumes from there.
+        folder = folder / f"rank{rank}"
+        checkpoint_path = folder / CHECKPOINT if checkpoint_path else None
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -87,28 +116,32 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     logger_kwargs = dict(names or {})
     if checkpoint is not None and checkpoint.get("wandb_id"):
         logger_kwargs["run_id"] = checkpoint["wandb_id"]
-    logger = instantiate(cfg.logger)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
+    logger_cfg = cfg.logger if rank == 0 else {"_target_": "metaopt.runner.loggers.LocalLogger",
+                                               "_partial_": True}
+    logger = instantiate(logger_cfg)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
                                      resume_step=start if checkpoint is not None else None, **logger_kwargs)
     exit_code = 1
     try:
-        summary = _train(cfg, loop, logger, folder, start, elapsed)
+        summary = _train(cfg, loop, logger, folder, start, elapsed, origin)
         exit_code = 0
         return summary
     finally:
         logger.finish(exit_code)
 
 
-def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float) -> dict[str, Any]:
+def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float,
+           origin: float) -> dict[str, Any]:
     log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
     window: dict[str, float] = {}
     count = 0
     startup_seconds = None
     bar = tqdm(total=loop.num_steps, initial=start, desc=cfg.get("name") or "train", mininterval=0.5,
-               dynamic_ncols=True, disable=cfg.get("progress") is False)
+               dynamic_ncols=True,
+               disable=cfg.get("progress") is False or int(os.environ.get("RANK", "0")) > 0)
     began = time.perf_counter()
     for step in range(start + 1, loop.num_steps + 1):
         if startup_seconds is None:
-            startup_seconds = time.time() - _IMPORTED_AT
+            startup_seconds = time.time() - origin
         metrics = loop.step()
         bad = _nonfinite(metrics)
         if bad is not None:

@@ -3,4 +3,81 @@
 Each benchmark module defines ``run(quick: bool = False) -> list[dict]``; every dict is one table:
 ``{"title": str, "columns": [str, ...], "rows": [[...], ...], "notes": str}``. Each row states a
 ratio against a baseline measured in the same run.
+
+    python -m experiments.benchmarks.run                 # all, writes RESULTS.md
+    python -m experiments.benchmarks.run --only runner   # bench_runner.py only, prints the tables
 """
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
+def format_table(table: dict) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = [f"### {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
+             "|" + "---|" * len(table["columns"])]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table["rows"]]
+    if table.get("notes"):
+        lines += ["", table["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="benchmark names (bench_<name>.py) to run")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke test)")
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; available: {names}")
+        names = [n for n in names if n in args.only]
+    sections = []
+    for name in names:
+        print(f"== bench_{name}", flush=True)
+        module = importlib.import_module(f"experiments.benchmarks.bench_{name}")
+        for table in module.run(quick=args.quick):
+            text = format_table(table)
+            print(text, flush=True)
+            sections.append(text)
+    if args.only or args.quick:
+        return
+    header = (f"# Benchmark results\n\nWritten by `make bench` on {datetime.date.today()}.\n\n"
+              f"Machine: {machine()}.\n\nEvery ratio compares two timings taken in the same run.\n\n")
+    Path(args.output).write_text(header + "\n".join(sections))
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

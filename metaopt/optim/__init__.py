@@ -2,6 +2,8 @@
 
 from metaopt.optim import functional
 from metaopt.optim.apo import APO
+from metaopt.optim.complex_adam import ComplexAdam
+from metaopt.optim.complex_momentum import ComplexMomentum
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter
 
-__all__ = ["APO", "Optimizer", "check_hyperparameter", "functional"]
+__all__ = ["Optimizer", "check_hyperparameter", "functional", "ComplexMomentum", "ComplexAdam", "APO"]

@@ -37,7 +37,7 @@ class Optimizer(torch.optim.Optimizer):
 
     The base class gathers the parameters that have gradients, rejects sparse gradients, negates the
     gradients for ``maximize=True`` groups, evaluates the closure, and chooses the multi-tensor path
-    when ``foreach`` is ``None`` and every tensor is on one device type that supports it.
+    when ``foreach`` is ``None`` and every tensor is on CUDA.
     """
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
@@ -77,13 +77,11 @@ class Optimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
+        """``foreach=None`` picks the multi-tensor path on CUDA only, as torch.optim does: on CPU the
+        ``_foreach_*`` ops are a loop over tensors, and the in-place per-tensor loop allocates less."""
         if foreach is not None:
             return foreach
-        if torch.jit.is_scripting() or not params:
-            return False
-        # Multi-tensor kernels pay off once there are several tensors on one native device.
-        device_types = {p.device.type for p in params}
-        return len(params) > 1 and len(device_types) == 1 and next(iter(device_types)) in ("cpu", "cuda")
+        return len(params) > 1 and all(p.device.type == "cuda" for p in params)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]

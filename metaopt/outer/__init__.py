@@ -3,5 +3,6 @@
 from metaopt.outer.apo_training import APOTraining
 from metaopt.outer.loop import Loop
 from metaopt.outer.plain import PlainTraining
+from metaopt.outer.unrolled import UnrolledLoop
 
-__all__ = ["APOTraining", "Loop", "PlainTraining"]
+__all__ = ["Loop", "PlainTraining", "UnrolledLoop", "APOTraining"]

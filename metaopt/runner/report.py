@@ -47,6 +47,20 @@ def format_table(rows: list[dict[str, Any]], columns: list[str], label: str = "r
     return "\n".join(lines)
 
 
+def _default_columns(runs: list[dict[str, Any]]) -> list[str]:
+    """Numeric summary keys: task metrics first (test, val, train), then everything else but bookkeeping."""
+    keys = {k for r in runs for k, v in r["summary"].items() if isinstance(v, (int, float))}
+    keys -= {"seed", "steps", "startup_seconds"}
+
+    def rank(key: str) -> tuple[int, str]:
+        for i, prefix in enumerate(("test_", "val_", "train_loss", "train_acc")):
+            if key.startswith(prefix):
+                return i, key
+        return 9, key
+
+    return sorted(keys, key=rank)
+
+
 class SweepReport(Callback):
     """At the end of ``-m`` sweeps: ``report.md`` (a table of every run's summary) and ``comparison.png``."""
 
@@ -59,8 +73,7 @@ class SweepReport(Callback):
         runs = collect_runs(sweep_dir)
         if not runs:
             return
-        columns = self.columns or sorted({k for r in runs for k, v in r["summary"].items()
-                                          if isinstance(v, (int, float))})
+        columns = self.columns or _default_columns(runs)
         table = format_table(runs, columns)
         (sweep_dir / "report.md").write_text(table + "\n")
         keys = [k for k in self.plot_keys if any(k in rec for r in runs for rec in r["history"])]

@@ -40,4 +40,7 @@ def validate_config(cfg: DictConfig) -> None:
     require("seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "a non-negative integer")
     for key in ("log_every", "checkpoint_every"):
         require(key, cfg[key], isinstance(cfg[key], int) and cfg[key] >= 0, "a non-negative integer (0: never)")
+    threads = cfg.get("threads")
+    require("threads", threads, threads is None or (isinstance(threads, int) and threads > 0),
+            "null or a positive integer")
     validate_optimizer_config(cfg.optimizer)

@@ -10,6 +10,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from metaopt.optim.functional.adam import AdamState, adam, adam_init
+from metaopt.optim.functional.complex_adam import ComplexAdamState, complex_adam, complex_adam_init
+from metaopt.optim.functional.complex_momentum import (
+    ComplexMomentumState,
+    complex_momentum,
+    complex_momentum_init,
+)
 from metaopt.optim.functional.sgd import SGDState, sgd, sgd_init
 
 
@@ -23,6 +29,10 @@ class FunctionalOptimizer(NamedTuple):
 FUNCTIONAL: dict[str, FunctionalOptimizer] = {
     "sgd": FunctionalOptimizer(sgd_init, sgd),
     "adam": FunctionalOptimizer(adam_init, adam),
+    "complex_momentum": FunctionalOptimizer(complex_momentum_init, complex_momentum),
+    "complex_adam": FunctionalOptimizer(complex_adam_init, complex_adam),
 }
 
-__all__ = ["FUNCTIONAL", "FunctionalOptimizer", "SGDState", "sgd", "sgd_init", "AdamState", "adam", "adam_init"]
+__all__ = ["FUNCTIONAL", "FunctionalOptimizer", "SGDState", "sgd", "sgd_init", "AdamState", "adam",
+           "adam_init", "ComplexMomentumState", "complex_momentum", "complex_momentum_init",
+           "ComplexAdamState", "complex_adam", "complex_adam_init"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
 Tensors = tuple[torch.Tensor, ...]
 # A hyperparameter is one value for every tensor (a float or a 0-d tensor, which may carry a
 # gradient or be batched by vmap) or a sequence with one value per tensor (per-layer settings).
-Hyper = Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]]
+Hyper = float | torch.Tensor | Sequence[float | torch.Tensor]
 
 
 def per_tensor(value: Hyper, index: int) -> float | torch.Tensor:

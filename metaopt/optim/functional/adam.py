@@ -19,8 +19,9 @@ class AdamState(NamedTuple):
 
 
 def adam_init(params: Sequence[torch.Tensor]) -> AdamState:
+    # The step count is float64 so that bias corrections are as exact as torch's Python floats.
     zeros = tuple(torch.zeros_like(p) for p in params)
-    return AdamState(zeros, tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float32))
+    return AdamState(zeros, tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float64))
 
 
 def adam(

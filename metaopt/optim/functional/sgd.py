@@ -25,7 +25,7 @@ class SGDState(NamedTuple):
 
 
 def sgd_init(params: Sequence[torch.Tensor]) -> SGDState:
-    return SGDState(tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float32))
+    return SGDState(tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float64))
 
 
 def sgd(

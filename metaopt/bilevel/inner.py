@@ -1,0 +1,137 @@
+"""The inner optimisation: any functional optimizer of ``metaopt.optim.functional.FUNCTIONAL``.
+
+The same pure update drives the no-graph inner training (implicit hypergradients, re-training) and
+the differentiable unrolled graph (``Unroll``, ``TruncatedUnroll``): the optimizer math exists once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from metaopt.bilevel._tree import Tensors, tree_detach, tree_leaves, tree_norm
+from metaopt.bilevel.problem import BilevelProblem
+from metaopt.checks import require
+from metaopt.optim.functional import FUNCTIONAL
+
+__all__ = ["InnerState", "InnerOptimizer", "InnerRun", "run_inner", "inner_residual"]
+
+
+class InnerState(NamedTuple):
+    """Inner weights ``w`` and the state of the inner optimizer (momentum buffers, step count)."""
+
+    params: Tensors
+    opt_state: Any
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+class InnerOptimizer:
+    """A functional optimizer from ``FUNCTIONAL`` with fixed hyperparameters.
+
+    ``InnerOptimizer("sgd", lr=0.1, momentum=0.9)``. ``from_config`` maps the runner's
+    ``cfg.optimizer`` factory (a partial of a ``torch.optim``/``metaopt.optim`` class) onto the entry
+    of the same name: the class name in snake case (``SGD → sgd``, ``Adam → adam``,
+    ``ComplexMomentum → complex_momentum``), its keyword arguments passed on, except that torch's
+    ``betas=(β₁, β₂)`` becomes ``beta1``, ``beta2`` and ``foreach``/``differentiable``/``fused``/
+    ``capturable`` (execution flags of the stateful classes) are dropped.
+    """
+
+    _EXECUTION_FLAGS = ("foreach", "differentiable", "fused", "capturable")
+
+    def __init__(self, name: str = "sgd", **hyperparameters: Any):
+        require("inner optimizer", name, name in FUNCTIONAL,
+                f"one of {sorted(FUNCTIONAL)} (metaopt.optim.functional)")
+        self.name = name
+        self.functional = FUNCTIONAL[name]
+        self.hyperparameters = dict(hyperparameters)
+        probe = torch.zeros(1)
+        try:
+            self.functional.update((probe,), (probe,), self.functional.init((probe,)), **self.hyperparameters)
+        except TypeError as error:
+            raise ValueError(f"invalid optimizer hyperparameters for {name!r}: "
+                             f"{sorted(self.hyperparameters)} "
+                             f"(allowed: the keyword arguments of metaopt.optim.functional.{name}; "
+                             f"{error})") from None
+
+    @classmethod
+    def from_config(cls, factory: Callable | None, name: str | None = None) -> InnerOptimizer:
+        """The inner optimizer that ``factory`` (``instantiate(cfg.optimizer)``) describes."""
+        keywords: Mapping[str, Any] = dict(getattr(factory, "keywords", {}) or {})
+        target = getattr(factory, "func", factory)
+        if name is None:
+            require("optimizer", target, isinstance(target, type), "a partial of an optimizer class, or "
+                    "outer.inner_optimizer naming a metaopt.optim.functional entry")
+            name = _snake(target.__name__)
+        hyper = {k: v for k, v in keywords.items() if k not in cls._EXECUTION_FLAGS}
+        if "betas" in hyper:
+            hyper["beta1"], hyper["beta2"] = (float(b) for b in hyper.pop("betas"))
+        return cls(name, **hyper)
+
+    def init(self, params: Tensors) -> InnerState:
+        return InnerState(tuple(params), self.functional.init(tuple(params)))
+
+    def step(self, state: InnerState, grads: Tensors) -> InnerState:
+        params, opt_state = self.functional.update(state.params, grads, state.opt_state,
+                                                   **self.hyperparameters)
+        return InnerState(tuple(params), opt_state)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
+        return f"InnerOptimizer({self.name!r}, {args})"
+
+
+class InnerRun(NamedTuple):
+    state: InnerState
+    steps: int
+    """Inner steps taken (fewer than asked when the tolerance was reached)."""
+
+
+def _detach_state(state: InnerState) -> InnerState:
+    opt_state = torch.utils._pytree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t,
+                                             state.opt_state)
+    return InnerState(tree_detach(state.params), opt_state)
+
+
+def run_inner(problem: BilevelProblem, optimizer: InnerOptimizer, state: InnerState, outer_params: Tensors,
+              num_steps: int, generator: torch.Generator | None = None, differentiable: bool = False,
+              tolerance: float | None = None) -> InnerRun:
+    """``num_steps`` inner steps ``w ← update(w, ∇_w f(λ, w; batch))`` from ``state``.
+
+    ``differentiable=False``: every step is taken without a graph and the returned state is detached
+    (constant memory in ``num_steps``). ``differentiable=True``: the steps build one graph from
+    ``outer_params`` (and the entering state) to the returned state, so that ``autograd.grad`` of a
+    function of it differentiates through all of them (memory linear in ``num_steps``); the entering
+    state is treated as a constant (its history is cut). With ``tolerance``, the run stops before the
+    first step whose gradient norm ``‖∇_w f‖`` is at most ``tolerance``.
+    """
+    state = _detach_state(state)
+    if not differentiable:
+        outer_params = tree_detach(outer_params)
+    for taken in range(num_steps):
+        params = tuple(p if p.requires_grad else p.detach().requires_grad_() for p in state.params)
+        with torch.enable_grad():
+            loss = problem.inner_loss(params, outer_params, problem.inner_batch(generator))
+            grads = torch.autograd.grad(loss, params, create_graph=differentiable)
+        if tolerance is not None and float(tree_norm(grads).detach()) <= tolerance:
+            return InnerRun(state, taken)
+        if differentiable:
+            state = optimizer.step(InnerState(params, state.opt_state), grads)
+        else:
+            with torch.no_grad():
+                state = optimizer.step(InnerState(tree_detach(params), state.opt_state), grads)
+    return InnerRun(state, num_steps)
+
+
+def inner_residual(problem: BilevelProblem, params: Tensors, outer_params: Tensors,
+                   generator: torch.Generator | None = None) -> float:
+    """``‖∇_w f(λ, w)‖``: how far ``params`` are from a stationary point of the inner problem."""
+    params = tree_leaves(params)
+    with torch.enable_grad():
+        loss = problem.inner_loss(params, tree_detach(outer_params), problem.inner_batch(generator))
+        return float(tree_norm(torch.autograd.grad(loss, params)))

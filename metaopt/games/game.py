@@ -1,0 +1,74 @@
+"""Differentiable games: several players, each minimizing (or maximizing) its own objective."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metaopt.checks import require
+
+__all__ = ["Game", "Vector", "game_step", "UPDATES"]
+
+UPDATES = ("simultaneous", "alternating")
+
+
+class Vector(nn.Module):
+    """A player whose strategy is one parameter vector ``weight``."""
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(init.clone())
+
+
+class Game:
+    """A game between named players (``nn.Module``s).
+
+    Subclasses set ``maximize`` (player name → whether that player ascends its objective; the
+    optimizer of such a player is built with ``maximize=True``, so the optimizers follow the joint
+    vector field ĝ = (∇_x L_x, −∇_y f, …) of Lorraine et al., 2022, Section 2) and define
+    ``build_players``, ``objectives`` and ``evaluate``; ``plots`` is optional.
+    """
+
+    maximize: dict[str, bool]
+
+    def build_players(self) -> dict[str, nn.Module]:
+        """New players (initialised from torch's global RNG)."""
+        raise NotImplementedError
+
+    def objectives(self, players: Mapping[str, nn.Module],
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Every player's objective at the current strategies (stochastic games draw from ``generator``)."""
+        raise NotImplementedError
+
+    def evaluate(self, players: Mapping[str, nn.Module]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def plots(self, players: Mapping[str, nn.Module], folder: Path) -> list[Path]:
+        return []
+
+
+def game_step(game: Game, players: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+              generator: torch.Generator, updates: str = "simultaneous") -> dict[str, float]:
+    """One round of play; returns ``{"<player>_objective": value}`` as seen by each player before it moved.
+
+    ``simultaneous``: every gradient is taken at the same strategies, then all players move.
+    ``alternating``: players move one after another in the order of ``players``, each gradient being
+    recomputed after the previous players moved (Gidel et al., 2019; Lorraine et al., 2022, Section 2).
+    """
+    require("updates", updates, updates in UPDATES, " or ".join(UPDATES))
+    rounds = [list(players)] if updates == "simultaneous" else [[name] for name in players]
+    values = {}
+    for movers in rounds:
+        objectives = game.objectives(players, generator)
+        for name in movers:
+            params = [p for p in players[name].parameters() if p.requires_grad]
+            grads = torch.autograd.grad(objectives[name], params, retain_graph=True, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = torch.zeros_like(p) if g is None else g
+            values[f"{name}_objective"] = objectives[name].item()
+        for name in movers:
+            optimizers[name].step()
+    return values

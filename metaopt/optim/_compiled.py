@@ -1,0 +1,37 @@
+"""A multi-tensor update compiled once with ``torch.compile``, used by the ``fused=True`` optimizers."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["CompiledStep"]
+
+
+class CompiledStep:
+    """Call ``torch.compile(update)``; if compiling fails (no C++ compiler, unsupported platform),
+    warn once and run ``update`` eagerly from then on.
+
+    ``update`` mutates its tensor lists in place and reads its hyperparameters from a 1-d tensor, so
+    new learning rates (schedulers) do not trigger recompilation; new shapes (another param group)
+    compile once more, up to dynamo's cache limit.
+    """
+
+    def __init__(self, update: Callable[..., None]):
+        self.update = update
+        self._compiled: Callable[..., None] | None = None
+        self.failed = False
+
+    def __call__(self, *args) -> None:
+        if not self.failed:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.update, fullgraph=True, dynamic=False)
+            try:
+                return self._compiled(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
+                self.failed = True
+                warnings.warn(f"torch.compile of {self.update.__name__} failed ({type(error).__name__}: "
+                              f"{error}); running the eager multi-tensor update instead", stacklevel=3)
+        return self.update(*args)

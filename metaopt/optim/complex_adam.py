@@ -1,0 +1,169 @@
+"""Complex Adam (Lorraine, Acuna, Vicol & Duvenaud, 2022, "Complex Momentum for Optimization in
+Games", Section 4.3): Adam whose first-moment decay is complex, as a drop-in ``torch.optim.Optimizer``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from metaopt.optim._compiled import CompiledStep
+from metaopt.optim.complex_momentum import _check_flags
+from metaopt.optim.functional.complex_adam import bias_correction
+from metaopt.optim.functional.complex_momentum import polar
+from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter
+
+__all__ = ["ComplexAdam"]
+
+
+class ComplexAdam(Optimizer):
+    r"""Adam with a complex first-moment decay ``β₁·e^{i·angle}`` and a real second moment.
+
+    With ``b = β₁e^{iφ}`` and step count t, one step is
+
+    .. math::
+        m ← b\,m + (1−b)\,g,\quad v ← β₂v + (1−β₂)g^2,\quad
+        p ← p − \mathrm{lr}·\frac{\mathrm{Re}\big(m/(1−b^t)\big)}{\sqrt{v/(1−β₂^t)} + ε}.
+
+    The paper states complex Adam as Adam with a complex β₁ whose update uses the real part of the
+    first moment; we keep the moment complex (two real buffers, ``exp_avg_real`` and
+    ``exp_avg_imag``) and bias-correct it by the complex power ``1 − bᵗ``: the complex weights
+    ``(1−b)b^{t−s}`` then sum to one, so a constant gradient gives exactly Adam's step, the first
+    step is ``lr·g/(|g|+ε)`` for any angle, and ``angle=0`` reproduces ``torch.optim.Adam`` step for
+    step. The second moment is the real EMA of g², as in Adam.
+
+    Args:
+        params: parameters or param groups (each may set ``lr``, ``betas``, ``angle``, ``eps``,
+            ``weight_decay``, ``maximize``).
+        lr: step size ≥ 0.
+        betas: ``(|β₁|, β₂)``, both in [0, 1).
+        angle: argument φ of the first-moment decay, radians (finite).
+        eps: ε > 0 added to the denominator.
+        weight_decay: coupled L2 penalty added to the gradient, as in ``torch.optim.Adam``.
+        maximize, foreach, fused: as in :class:`metaopt.optim.ComplexMomentum`.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 angle: float = math.pi / 8, eps: float = 1e-8, weight_decay: float = 0.0, *,
+                 maximize: bool = False, foreach: bool | None = None, fused: bool = False):
+        defaults = dict(lr=lr, betas=betas, angle=angle, eps=eps, weight_decay=weight_decay,
+                        maximize=maximize, foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+        self._fused_update = CompiledStep(_fused_complex_adam)
+
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        super()._validate(group)
+        betas, angle, eps = group["betas"], group["angle"], group["eps"]
+        check_hyperparameter("betas", betas, isinstance(betas, Sequence) and len(betas) == 2,
+                             "a pair (beta1, beta2)")
+        for name, beta in zip(("betas[0]", "betas[1]"), betas):
+            check_hyperparameter(name, beta, _is_real(beta) and 0.0 <= float(beta) < 1.0,
+                                 "a number in [0, 1)")
+        check_hyperparameter("angle", angle, _is_real(angle), "a finite number (radians)")
+        check_hyperparameter("eps", eps, _is_real(eps) and float(eps) > 0.0, "a finite number > 0")
+        _check_flags(group)
+
+    def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        def zeros():
+            return torch.zeros_like(param, memory_format=torch.preserve_format)
+        return {"step": torch.tensor(0.0, dtype=torch.float32), "exp_avg_real": zeros(),
+                "exp_avg_imag": zeros(), "exp_avg_sq": zeros()}
+
+    def _update(self, group, params, grads, states, foreach):
+        beta1, beta2 = (float(b) for b in group["betas"])
+        angle = float(group["angle"])
+        beta_r, beta_i = polar(beta1, angle)
+        step_counts = [s["step"] for s in states]
+        torch._foreach_add_(step_counts, 1)
+        # Bias corrections are per tensor: parameters added to the group later have fewer steps.
+        steps = [t.item() for t in step_counts]
+        unique = {t: bias_correction(beta1, angle, t) for t in set(steps)}
+        corrections = [unique[t] for t in steps]
+        hyper = dict(beta_r=beta_r, beta_i=beta_i, beta2=beta2, lr=float(group["lr"]),
+                     eps=float(group["eps"]), weight_decay=float(group["weight_decay"]))
+        buffers = ([s["exp_avg_real"] for s in states], [s["exp_avg_imag"] for s in states],
+                   [s["exp_avg_sq"] for s in states])
+        if group["fused"] and len(set(steps)) == 1:
+            self._fused(params, grads, buffers, steps[0], corrections[0], hyper)
+        elif foreach:
+            _multi_tensor(params, grads, *buffers, steps, corrections, **hyper)
+        else:
+            _single_tensor(params, grads, *buffers, steps, corrections, **hyper)
+
+    def _fused(self, params, grads, buffers, step, correction, hyper):
+        # One step count for the whole group (parameters added later take the eager path until then).
+        scale, ratio = correction
+        values = [hyper[k] for k in ("beta_r", "beta_i", "beta2", "eps", "weight_decay")]
+        values += [-hyper["lr"] / scale, (1 - hyper["beta2"] ** step) ** 0.5, ratio]
+        scalars = torch.tensor(values, dtype=torch.float32, device=params[0].device)
+        self._fused_update(params, grads, *buffers, scalars)
+
+
+# The paths compute, with b = β₁e^{iφ} = beta_r + i·beta_i and c = 1 − bᵗ:
+#   m_r ← lerp(m_r, g, 1 − beta_r) − beta_i·m_i,   m_i ← beta_r·m_i + beta_i·(m_r − g)
+#   v ← β₂v + (1 − β₂)g²,   p ← p − (lr / scale)·(m_r + ratio·m_i) / (√v/√(1−β₂ᵗ) + ε)
+# where Re(m/c) = (m_r + ratio·m_i)/scale (see functional.complex_adam.bias_correction). With beta_i = 0
+# (angle 0) the imaginary terms are skipped and the arithmetic is torch.optim.Adam's, operation for operation.
+
+def _single_tensor(params, grads, reals, imags, squares, steps, corrections, *, beta_r, beta_i, beta2, lr,
+                   eps, weight_decay):
+    rows = zip(params, grads, reals, imags, squares, steps, corrections)
+    for p, g, real, imag, square, t, (scale, ratio) in rows:
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        if beta_i != 0:
+            difference = real - g
+            real.lerp_(g, 1 - beta_r).sub_(imag, alpha=beta_i)
+            imag.mul_(beta_r).add_(difference, alpha=beta_i)
+        else:
+            real.lerp_(g, 1 - beta_r)
+            imag.mul_(beta_r)
+        square.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (square.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+        direction = real.add(imag, alpha=ratio) if ratio != 0 else real
+        p.addcdiv_(direction, denom, value=-(lr / scale))
+
+
+def _multi_tensor(params, grads, reals, imags, squares, steps, corrections, *, beta_r, beta_i, beta2, lr,
+                  eps, weight_decay):
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if beta_i != 0:
+        difference = torch._foreach_sub(reals, grads)
+        torch._foreach_lerp_(reals, grads, 1 - beta_r)
+        torch._foreach_add_(reals, imags, alpha=-beta_i)
+        torch._foreach_mul_(imags, beta_r)
+        torch._foreach_add_(imags, difference, alpha=beta_i)
+    else:
+        torch._foreach_lerp_(reals, grads, 1 - beta_r)
+        torch._foreach_mul_(imags, beta_r)
+    torch._foreach_mul_(squares, beta2)
+    torch._foreach_addcmul_(squares, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(squares)
+    torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in steps])
+    torch._foreach_add_(denom, eps)
+    ratios = [ratio for _, ratio in corrections]
+    directions = torch._foreach_add(reals, torch._foreach_mul(imags, ratios)) if any(ratios) else reals
+    torch._foreach_addcdiv_(params, directions, denom, [-(lr / scale) for scale, _ in corrections])
+
+
+def _fused_complex_adam(params, grads, reals, imags, squares, scalars):
+    # Multi-tensor ops, fused by inductor (see complex_momentum._fused_complex_momentum).
+    beta_r, beta_i, beta2, eps, weight_decay, step_size, correction2, ratio = scalars.unbind()
+    grads = torch._foreach_add(grads, torch._foreach_mul(params, weight_decay))
+    difference = torch._foreach_sub(grads, reals)
+    new_real = torch._foreach_add(reals, torch._foreach_mul(difference, 1 - beta_r))
+    new_real = torch._foreach_sub(new_real, torch._foreach_mul(imags, beta_i))
+    new_imag = torch._foreach_sub(torch._foreach_mul(imags, beta_r), torch._foreach_mul(difference, beta_i))
+    new_square = torch._foreach_add(torch._foreach_mul(squares, beta2),
+                                    torch._foreach_mul(torch._foreach_mul(grads, grads), 1 - beta2))
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(new_square), correction2), eps)
+    direction = torch._foreach_add(new_real, torch._foreach_mul(new_imag, ratio))
+    torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(direction, denom), step_size))
+    torch._foreach_copy_(reals, new_real)
+    torch._foreach_copy_(imags, new_imag)
+    torch._foreach_copy_(squares, new_square)

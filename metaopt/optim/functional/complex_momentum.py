@@ -1,0 +1,71 @@
+"""Pure complex-momentum update (Lorraine, Acuna, Vicol & Duvenaud, 2022, "Complex Momentum for
+Optimization in Games", Algorithm 1), in real arithmetic with two buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor
+
+__all__ = ["ComplexMomentumState", "complex_momentum_init", "complex_momentum", "polar"]
+
+
+class ComplexMomentumState(NamedTuple):
+    """The real and imaginary parts of the momentum buffer μ, and the number of steps taken."""
+
+    momentum_real: Tensors
+    momentum_imag: Tensors
+    step: torch.Tensor
+
+
+def polar(modulus: float | torch.Tensor, angle: float | torch.Tensor) -> tuple:
+    """``(Re β, Im β)`` of ``β = modulus·e^{i·angle}``; differentiable when either is a tensor.
+
+    With ``angle == 0`` (a float) this is exactly ``(modulus, 0.0)``, so real momentum is reproduced
+    bit for bit.
+    """
+    if isinstance(angle, torch.Tensor):
+        return modulus * torch.cos(angle), modulus * torch.sin(angle)
+    return modulus * math.cos(angle), modulus * math.sin(angle)
+
+
+def complex_momentum_init(params: Sequence[torch.Tensor]) -> ComplexMomentumState:
+    return ComplexMomentumState(tuple(torch.zeros_like(p) for p in params),
+                                tuple(torch.zeros_like(p) for p in params),
+                                torch.zeros((), dtype=torch.float32))
+
+
+def complex_momentum(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    state: ComplexMomentumState,
+    *,
+    lr: Hyper,
+    momentum: Hyper = 0.9,
+    angle: Hyper = math.pi / 8,
+    weight_decay: Hyper = 0.0,
+    maximize: bool = False,
+) -> tuple[Tensors, ComplexMomentumState]:
+    """One step of complex momentum with ``β = momentum·e^{i·angle}`` (paper, Eq. 4 / Algorithm 1):
+
+    ``μ ← βμ − g`` and ``p ← p + lr·Re(μ)``, that is, with ``μ = μr + i·μi``,
+    ``μr ← Re β·μr − Im β·μi − g``, ``μi ← Im β·μr + Re β·μi``, ``p ← p + lr·μr``.
+
+    ``angle=0`` is heavy-ball momentum (``torch.optim.SGD(momentum, dampening=0)``, whose buffer is
+    ``−μr``), ``angle=π`` negative momentum, ``momentum=0`` gradient descent.
+    """
+    grads = apply_weight_decay(params, grads, weight_decay, maximize)
+    new_params, new_real, new_imag = [], [], []
+    for i, (p, g, mu_r, mu_i) in enumerate(zip(params, grads, state.momentum_real, state.momentum_imag)):
+        beta_r, beta_i = polar(per_tensor(momentum, i), per_tensor(angle, i))
+        real = beta_r * mu_r - beta_i * mu_i - g
+        imag = beta_i * mu_r + beta_r * mu_i
+        new_params.append(p + per_tensor(lr, i) * real)
+        new_real.append(real)
+        new_imag.append(imag)
+    return tuple(new_params), ComplexMomentumState(tuple(new_real), tuple(new_imag), state.step + 1)

@@ -1,0 +1,151 @@
+"""``outer=tbptt|full_es|truncated_es|pes|es_single``: learn θ of an unrolled problem with an estimator."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from metaopt.checks import require
+from metaopt.tasks.data import Split, SplitData
+from metaopt.tasks.supervised import SupervisedTask
+from metaopt.tasks.training_run import TrainingRun
+from metaopt.unrolled.problem import UnrolledProblem
+
+__all__ = ["UnrolledLoop"]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) when there are several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _rank_device(task: SupervisedTask) -> None:
+    """Under ``torchrun`` with CUDA, move the task's data to this process's GPU (``cuda:LOCAL_RANK``)."""
+    if task.device.type != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    task.data = SplitData(*(Split(s.inputs.to(device), s.targets.to(device)) for s in task.data))
+    task.device = device
+
+
+class UnrolledLoop:
+    """Outer loop: ``θ ← outer_optimizer(θ, ĝ)`` with ``ĝ`` from ``estimator`` (one truncation per step).
+
+    ``task`` is either an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``) or a
+    ``SupervisedTask``; the latter is wrapped in a ``TrainingRun`` (``problem`` holds its arguments:
+    ``tuned``, ``schedule``, ``per_layer``, ``horizon``, …) whose inner optimizer is ``optimizer``, the
+    factory of ``cfg.optimizer`` mapped to its functional core (``torch.optim.SGD`` → ``sgd``,
+    ``torch.optim.Adam`` → ``adam``; its other arguments stay fixed). ``estimator`` and
+    ``outer_optimizer`` are factories (``_partial_`` configs); any ``torch.optim`` or metaopt optimizer
+    works as the outer optimizer. ``grid`` (TrainingRun only), e.g. ``{lr: [...], momentum: [...]}``,
+    is a set of fixed settings evaluated at the end for comparison with the start and the tuned θ.
+
+    Under ``torchrun`` every process holds a block of the particles; the estimate is all-reduced, so θ
+    and the outer optimizer state are identical on every rank. The state dict holds this rank's
+    particle states, accumulators, generators, θ and the outer optimizer state.
+    """
+
+    def __init__(self, task: SupervisedTask | UnrolledProblem, estimator: Callable, outer_optimizer: Callable,
+                 optimizer: Callable | str | None = None, generator: torch.Generator | None = None,
+                 problem: Mapping[str, Any] | None = None, steps: int = 500, eval_every: int = 100,
+                 grid: Mapping[str, Sequence[float]] | None = None):
+        require("outer.steps", steps, isinstance(steps, int) and steps > 0, "a positive integer")
+        require("outer.eval_every", eval_every, isinstance(eval_every, int) and eval_every >= 0,
+                "a non-negative integer (0: only at the end)")
+        problem_args = dict(_plain(problem) or {})
+        if isinstance(task, UnrolledProblem):
+            self.problem = task
+        else:
+            require("task", type(task).__name__, isinstance(task, SupervisedTask),
+                    "a SupervisedTask or an UnrolledProblem")
+            _rank_device(task)
+            self.problem = TrainingRun(task, optimizer if optimizer is not None else "sgd", **problem_args)
+        self.grid = {k: list(v) for k, v in (_plain(grid) or {}).items()}
+        require("outer.grid", self.grid, not self.grid or isinstance(self.problem, TrainingRun),
+                "null unless the task is a SupervisedTask (a TrainingRun)")
+        init_distributed(self.problem.device)
+        self.num_steps = steps
+        self.eval_every = eval_every
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        self.estimator = estimator(problem=self.problem, seed=seed)
+        self.theta = torch.nn.Parameter(self.problem.initial_theta())
+        self.theta_start = self.theta.detach().clone()
+        self.outer_optimizer = outer_optimizer([self.theta])
+        self.trajectory: list[list[float]] = [self.theta.tolist()]
+        self._final: dict[str, dict[str, float]] | None = None
+
+    def step(self) -> dict[str, float]:
+        gradient, info = self.estimator.estimate(self.theta.detach())
+        self.outer_optimizer.zero_grad(set_to_none=True)
+        self.theta.grad = gradient.to(self.theta.dtype)
+        self.outer_optimizer.step()
+        self.trajectory.append(self.theta.tolist())
+        # A non-finite unroll loss means every particle diverged: the runner stops on it.
+        all_diverged = info["num_diverged"] == self.estimator.num_particles
+        return {"unroll_loss": float("nan") if all_diverged else info["loss"],
+                "estimate_norm": float(gradient.norm()), "num_diverged": float(info["num_diverged"]),
+                **self.problem.describe(self.theta.detach())}
+
+    def evaluate(self) -> dict[str, float]:
+        return self.problem.evaluate(self.theta.detach())
+
+    def _comparison(self) -> dict[str, dict[str, float]]:
+        """Evaluations of the starting θ, the tuned θ and (TrainingRun with ``grid``) the best grid point."""
+        if not isinstance(self.problem, TrainingRun):
+            return {"start": self.problem.evaluate(self.theta_start), "tuned": self.evaluate()}
+        candidates = [self.theta_start, self.theta.detach()]
+        settings = []
+        if self.grid:
+            settings = [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
+        candidates += [self.problem.theta_for(**s) for s in settings]
+        results = self.problem.evaluate_many(torch.stack(candidates))
+        out = {"start": results[0], "tuned": results[1]}
+        if settings:
+            best = min(range(len(settings)), key=lambda i: results[2 + i]["meta_objective"])
+            setting = {f"setting.{k}": float(v) for k, v in settings[best].items()}
+            out["grid_best"] = {**results[2 + best], **setting}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        self._final = self._comparison()
+        out: dict[str, Any] = dict(self._final["tuned"])
+        out.update({f"theta.{k}": v for k, v in self.problem.describe(self.theta.detach()).items()})
+        for name, metrics in self._final.items():
+            if name != "tuned":
+                out.update({f"{name}.{k}": v for k, v in metrics.items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"theta": self.theta.detach().clone(), "outer_optimizer": self.outer_optimizer.state_dict(),
+                "estimator": self.estimator.state_dict(), "trajectory": [list(t) for t in self.trajectory]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
+        self.estimator.load_state_dict(state["estimator"])
+        self.trajectory = [list(t) for t in state["trajectory"]]
+
+    def plots(self, folder: Path) -> list[Path]:
+        from metaopt.outer.unrolled_report import plot_unrolled_run, write_comparison_table
+
+        final = self._final if self._final is not None else self._comparison()
+        trajectory = torch.tensor(self.trajectory)
+        paths = [plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png")]
+        write_comparison_table(self.problem, self.theta_start, self.theta.detach(), final,
+                               Path(folder) / "comparison.md")
+        return paths

@@ -1,0 +1,314 @@
+"""A whole training run of a supervised task as an unrolled inner problem whose outer parameters are
+the optimizer's hyperparameters (learning rate and its schedule, momentum, weight decay, …)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from metaopt.checks import require
+from metaopt.optim.functional import FUNCTIONAL
+from metaopt.tasks.supervised import SupervisedTask
+from metaopt.unrolled.problem import ParticleState, UnrolledProblem, where_particles
+
+__all__ = ["TrainingRun", "functional_optimizer_name", "TRANSFORMS"]
+
+# Unconstrained parameterisation of each hyperparameter: θ = log(value) or logit(value).
+TRANSFORMS = {"lr": "log", "weight_decay": "log", "eps": "log", "momentum": "logit", "dampening": "logit",
+              "beta1": "logit", "beta2": "logit"}
+_SCHEDULES = ("constant", "linear")
+# Keyword arguments of torch optimizers that choose an implementation, not the arithmetic.
+_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def _forward(transform: str, value: float) -> float:
+    return math.log(value) if transform == "log" else math.log(value / (1 - value))
+
+
+def _inverse(transform: str, theta: torch.Tensor) -> torch.Tensor:
+    return torch.exp(theta) if transform == "log" else torch.sigmoid(theta)
+
+
+def functional_optimizer_name(optimizer: str | Callable) -> tuple[str, dict[str, Any]]:
+    """The ``FUNCTIONAL`` entry and fixed hyperparameters for an optimizer given by name or factory.
+
+    A factory is what ``cfg.optimizer`` instantiates to (``functools.partial(torch.optim.SGD, lr=…)``,
+    or one of metaopt's optimizers): the class name, lower-cased or in snake case, selects the
+    functional core (``torch.optim.SGD`` → ``"sgd"``, ``torch.optim.Adam`` → ``"adam"``, a
+    ``ComplexMomentum`` → ``"complex_momentum"``), its keyword arguments become fixed hyperparameters
+    (``betas`` is split into ``beta1``/``beta2``; ``foreach``/``fused``-style implementation flags are
+    dropped).
+    """
+    if isinstance(optimizer, str):
+        name, keywords = optimizer, {}
+    else:
+        target = getattr(optimizer, "func", optimizer)
+        class_name = getattr(target, "__name__", str(target))
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", class_name).lower()
+        name = snake if snake in FUNCTIONAL else class_name.lower()
+        keywords = dict(getattr(optimizer, "keywords", {}) or {})
+    require("optimizer", name, name in FUNCTIONAL,
+            f"an optimizer with a functional core, one of {sorted(FUNCTIONAL)}")
+    fixed = {}
+    for key, value in keywords.items():
+        if key in _IMPLEMENTATION_FLAGS:
+            continue
+        if key == "betas":
+            fixed["beta1"], fixed["beta2"] = float(value[0]), float(value[1])
+        else:
+            fixed[key] = value
+    return name, fixed
+
+
+class TrainingRun(UnrolledProblem):
+    """Train ``task``'s model for ``horizon`` minibatch steps with a functional optimizer from ``FUNCTIONAL``.
+
+    The outer parameters θ are the unconstrained hyperparameters named in ``tuned`` (initial values,
+    constrained): ``log`` for ``lr``, ``weight_decay``, ``eps``; ``logit`` for ``momentum``,
+    ``dampening``, ``beta1``, ``beta2``. With ``schedule="linear"`` the learning rate is
+    ``lr_t = e^{θ_start}(T−t)/T + e^{θ_end}t/T`` (the PES paper's schedule), two parameters. Names in
+    ``per_layer`` get one parameter per layer (module holding parameters). Hyperparameters of the
+    optimizer that are not tuned are fixed (``fixed``, e.g. from the torch optimizer config).
+
+    The meta-loss of a step is the loss after the update on a minibatch of ``meta_split`` ("val", the
+    default, or "train": then the training minibatch loss before the update, at no extra cost). All
+    particles are trained at once with ``torch.func.vmap`` over ``functional_call``; every inner
+    problem starts from the same ``s_0`` (weights initialised with ``init_seed``, fresh optimizer state).
+    Minibatches are drawn with replacement, one per data stream and step.
+    """
+
+    def __init__(self, task: SupervisedTask, optimizer: str | Callable = "sgd",
+                 tuned: Mapping[str, float] | None = None, schedule: str = "constant",
+                 per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 1000,
+                 meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0):
+        name, optimizer_fixed = functional_optimizer_name(optimizer)
+        tuned = dict(tuned if tuned is not None else {"lr": 0.01})
+        fixed = {**optimizer_fixed, **dict(fixed or {})}
+        accepted = set(inspect.signature(FUNCTIONAL[name].update).parameters) - {"params", "grads", "state"}
+        tunable = sorted(accepted & set(TRANSFORMS))
+        require("tuned", sorted(tuned), len(tuned) > 0 and all(k in tunable for k in tuned),
+                f"a non-empty mapping from hyperparameters of {name!r} among {tunable} to initial values")
+        for key, value in tuned.items():
+            low = 0.0
+            high = 1.0 if TRANSFORMS[key] == "logit" else math.inf
+            require(f"tuned.{key}", value, isinstance(value, (int, float)) and low < value < high,
+                    f"a number in ({low}, {high})")
+        require("schedule", schedule, schedule in _SCHEDULES, f"one of {_SCHEDULES}")
+        require("per_layer", list(per_layer), all(k in tuned for k in per_layer),
+                f"names among {sorted(tuned)}")
+        require("meta_split", meta_split, meta_split in ("train", "val"), "'train' or 'val'")
+        require("horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
+        for key in tuned:
+            fixed.pop(key, None)
+        require("fixed", sorted(fixed), all(k in accepted for k in fixed),
+                f"hyperparameters of {name!r}: {sorted(accepted)}")
+
+        self.task = task
+        self.optimizer_name = name
+        self.functional = FUNCTIONAL[name]
+        self.fixed = fixed
+        self.schedule = schedule
+        self.horizon = horizon
+        self.meta_split = meta_split
+        self.batch_size = batch_size or task.batch_size
+        self.device = task.device
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            self.model = task.build_model()
+        self.param_names = [n for n, _ in self.model.named_parameters()]
+        self.initial_params = tuple(p.detach().clone() for p in self.model.parameters())
+        initial_opt, self._opt_spec = tree_flatten(self.functional.init(self.initial_params))
+        self.initial_opt = tuple(initial_opt)
+        layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in self.param_names))
+        self.layer_of_tensor = [layers.index(n.rsplit(".", 1)[0]) for n in self.param_names]
+
+        # θ layout: one entry (hyperparameter, layer or None, "start"/"end" or None) per coordinate.
+        self.entries: list[tuple[str, int | None, str | None]] = []
+        theta0, names = [], []
+        for key, value in tuned.items():
+            phases = ("start", "end") if key == "lr" and schedule == "linear" else (None,)
+            for layer in (range(len(layers)) if key in per_layer else (None,)):
+                for phase in phases:
+                    self.entries.append((key, layer, phase))
+                    theta0.append(_forward(TRANSFORMS[key], float(value)))
+                    suffix = f"_{phase}" if phase else ""
+                    suffix += f".{layers[layer]}" if layer is not None else ""
+                    names.append(f"{TRANSFORMS[key]}_{key}{suffix}")
+        self.dim = len(self.entries)
+        self._theta0 = torch.tensor(theta0, device=self.device)
+        self._names = names
+        self._forward = vmap(self._forward_one)
+        self._update = vmap(self._update_one)
+
+    @property
+    def theta_names(self) -> list[str]:
+        return list(self._names)
+
+    def initial_theta(self) -> torch.Tensor:
+        return self._theta0.clone()
+
+    # -- hyperparameters -------------------------------------------------------------------------
+    def hyperparameters(self, theta: torch.Tensor, step: torch.Tensor) -> dict[str, Any]:
+        """Constrained hyperparameters for rows ``theta`` (N, dim) at inner steps ``step`` (N,).
+
+        Each value is an (N,) tensor, or a list with one (N,) tensor per parameter tensor (per layer).
+        """
+        frac = step.to(theta.dtype) / self.horizon
+        values: dict[str, dict[int | None, torch.Tensor]] = {}
+        for column, (key, layer, phase) in enumerate(self.entries):
+            value = _inverse(TRANSFORMS[key], theta[:, column])
+            if phase == "start":
+                value = value * (1 - frac)
+            elif phase == "end":
+                value = value * frac
+            per = values.setdefault(key, {})
+            per[layer] = per[layer] + value if layer in per else value
+        out: dict[str, Any] = {}
+        for key, per in values.items():
+            if None in per:
+                out[key] = per[None]
+            else:
+                out[key] = [per[layer] for layer in self.layer_of_tensor]
+        return out
+
+    def describe(self, theta: torch.Tensor) -> dict[str, float]:
+        """The constrained value of every coordinate of θ (``lr_start``, ``momentum``, …)."""
+        out = {}
+        for column, (name, (key, _, _)) in enumerate(zip(self._names, self.entries)):
+            out[name.split("_", 1)[1]] = float(_inverse(TRANSFORMS[key], theta[column]))
+        return out
+
+    # -- dynamics --------------------------------------------------------------------------------
+    def _forward_one(self, params: tuple[torch.Tensor, ...], inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, dict(zip(self.param_names, params)), (inputs,))
+
+    def _update_one(self, params, grads, opt_leaves, hyper):
+        update = functools.partial(self.functional.update, **self.fixed)
+        params, opt_state = update(params, grads, tree_unflatten(list(opt_leaves), self._opt_spec), **hyper)
+        return params, tuple(tree_flatten(opt_state)[0])
+
+    def particle_losses(self, params: Sequence[torch.Tensor], inputs: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+        """``task.loss`` of every particle (N,) on its own minibatch (N, B, …), with fused kernels."""
+        outputs = self._forward(tuple(params), inputs)
+        num_particles, batch = outputs.shape[:2]
+        if self.task.kind == "classification":
+            # Cross-entropy with the class axis first: log_softmax over a short last axis (10 classes)
+            # is several times slower on CPU than over the long leading one.
+            log_probs = F.log_softmax(outputs.flatten(0, 1).T, dim=0)
+            per_example = -log_probs.gather(0, targets.flatten(0, 1)[None])[0]
+            return per_example.view(num_particles, batch).mean(1)
+        squared = (outputs.reshape(targets.shape) - targets) ** 2
+        return 0.5 * squared.reshape(num_particles, -1).mean(1)
+
+    def _train_step(self, params, opt, hyper, inputs, targets):
+        """One step of every particle: per-particle gradients of the summed losses, then the vmapped update.
+
+        The particles' graphs are independent, so ``∂(Σ_j L_j)/∂params_i = ∂L_i/∂params_i``. When grad
+        mode is on (TBPTT), the gradients keep their graph so that θ's effect flows through the update.
+        """
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaves = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+            loss = self.particle_losses(leaves, inputs, targets)
+            grads = torch.autograd.grad(loss.sum(), leaves, create_graph=differentiable)
+        if not differentiable:
+            leaves, loss = [p.detach() for p in leaves], loss.detach()
+        params, opt = self._update(tuple(leaves), grads, opt, hyper)
+        return params, opt, loss
+
+    def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor,
+                 num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = getattr(self.task.data, split)
+        index = torch.randint(len(inputs), (num_streams, self.batch_size), generator=generator)
+        index = index.to(self.device)[streams]
+        return inputs[index], targets[index]
+
+    def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
+        if steps is None:
+            steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
+
+        def stack(tensors):
+            return [t.expand(num_particles, *t.shape).clone() for t in tensors]
+
+        return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
+
+    def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
+        return self._run(state, theta, num_steps, generator, streams, num_streams, reset=True)
+
+    def _run(self, state, theta, num_steps, generator, streams, num_streams, reset):
+        step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
+        fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
+        losses, resets = [], []
+        for _ in range(num_steps):
+            inputs, targets = self._batches("train", generator, streams, num_streams)
+            meta_inputs = meta_targets = None
+            if self.meta_split == "val":
+                meta_inputs, meta_targets = self._batches("val", generator, streams, num_streams)
+            hyper = self.hyperparameters(theta, step)
+            params, opt, meta = self._train_step(params, opt, hyper, inputs, targets)
+            if meta_inputs is not None:
+                meta = self.particle_losses(params, meta_inputs, meta_targets)
+            losses.append(meta)
+            step = step + 1
+            done = step >= self.horizon
+            resets.append(done)
+            if reset and bool(done.any()):
+                restarted = where_particles(done, fresh, {"params": list(params), "opt": list(opt)})
+                params, opt = tuple(restarted["params"]), tuple(restarted["opt"])
+                step = torch.where(done, torch.zeros_like(step), step)
+        state = {"step": step, "params": list(params), "opt": list(opt)}
+        return state, torch.stack(losses), torch.stack(resets)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def theta_for(self, **values: float) -> torch.Tensor:
+        """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
+        start), e.g. ``theta_for(lr=0.1, momentum=0.0)``: a constant schedule, the same for every layer.
+        Values on the boundary of a logit-transformed range (momentum 0) are moved 1e-6 inside it."""
+        require("values", sorted(values), all(k in TRANSFORMS for k in values),
+                f"names among {sorted(TRANSFORMS)}")
+        theta = self.initial_theta()
+        for column, (key, _, _) in enumerate(self.entries):
+            if key in values:
+                value = float(values[key])
+                if TRANSFORMS[key] == "logit":
+                    value = min(max(value, 1e-6), 1 - 1e-6)
+                theta[column] = _forward(TRANSFORMS[key], value)
+        return theta
+
+    @torch.no_grad()
+    def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
+        """Train one model per row of ``thetas`` (M, dim) for a whole inner problem (all at once, same
+        data), then report each one's ``meta_objective`` (mean meta-loss over the run) and the full-split
+        losses and accuracies of ``task.evaluate``."""
+        num = thetas.shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        streams = torch.zeros(num, dtype=torch.long, device=self.device)
+        state, losses, _ = self._run(self.init_state(num), thetas.to(self.device), self.horizon, generator,
+                                     streams, 1, reset=False)
+        results = [{"meta_objective": float(v)} for v in losses.mean(0)]
+        for split in ("train", "val", "test"):
+            inputs, targets = getattr(self.task.data, split)
+            if self.task.max_eval_samples is not None:
+                inputs, targets = inputs[: self.task.max_eval_samples], targets[: self.task.max_eval_samples]
+            outputs = self._forward(tuple(state["params"]), inputs.expand(num, *inputs.shape))
+            split_losses = self.particle_losses(state["params"], inputs.expand(num, *inputs.shape),
+                                                targets.expand(num, *targets.shape))
+            for i in range(num):
+                results[i][f"{split}_loss"] = float(split_losses[i])
+                if self.task.kind == "classification":
+                    results[i][f"{split}_accuracy"] = float((outputs[i].argmax(-1) == targets).float().mean())
+        return results
+
+    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
+        return self.evaluate_many(theta[None])[0]

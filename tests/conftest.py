@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture
+def make_config():
+    """Compose the runner's config in-process (no output folder, no Hydra job)."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=["name=test", "logger=none", "progress=false", *overrides])
+
+    return _compose
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m metaopt.run ARGS`` in a subprocess, as a user would type it."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "metaopt.run", *args], cwd=kwargs.pop("cwd", REPO),
+                          capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs)

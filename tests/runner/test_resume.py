@@ -1,0 +1,76 @@
+"""Checkpoints: a run killed with SIGKILL and resumed ends exactly where an uninterrupted one does."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tests.conftest import REPO, run_cli
+
+ARGS = ["task=digits_mlp", "optimizer=sgd_momentum", "outer.steps=3000", "outer.eval_every=500",
+        "checkpoint_every=100", "progress=false"]
+TIMING_KEYS = {"train_seconds", "startup_seconds"}
+
+
+def _results(folder):
+    summary = json.loads((folder / "summary.json").read_text())
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return {k: v for k, v in summary.items() if k not in TIMING_KEYS}, lines
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "metaopt.run", *ARGS, "logger=wandb",
+                             f"hydra.run.dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "summary.json").exists()
+    checkpoint_step = load_checkpoint(killed / "checkpoint.pt")["step"]
+    assert 100 <= checkpoint_step < 3000
+
+    result = run_cli(*ARGS, "logger=wandb", "resume=true", f"hydra.run.dir={killed}")
+    assert result.returncode == 0, result.stderr
+    result = run_cli(*ARGS, "logger=none", f"hydra.run.dir={reference}")
+    assert result.returncode == 0, result.stderr
+
+    resumed_summary, resumed_lines = _results(killed)
+    reference_summary, reference_lines = _results(reference)
+    assert resumed_summary == reference_summary
+    assert resumed_lines == reference_lines
+    # the resumed run continued the same wandb run
+    assert len(list((killed / "wandb").glob("offline-run-*"))) >= 1
+
+
+def test_resume_from_a_run_folder_path_continues_there(tmp_path):
+    first = tmp_path / "first"
+    assert run_cli("outer.steps=200", "checkpoint_every=100", "logger=none", f"hydra.run.dir={first}").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    result = run_cli("outer.steps=200", "checkpoint_every=100", "logger=none", f"resume={first}",
+                     f"hydra.run.dir={elsewhere}")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(x)["step"] for x in (first / "metrics.jsonl").read_text().splitlines()][-1] == 200
+    assert not (elsewhere / "summary.json").exists()
+
+
+def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
+    torch.manual_seed(3)
+    state = rng_state()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"step": 7, "rng": state, "nested": {"x": torch.arange(3)}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temporary file left
+    expected = torch.rand(5)
+    torch.manual_seed(99)
+    loaded = load_checkpoint(path)
+    set_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(5), expected) and loaded["step"] == 7
