@@ -1,8 +1,9 @@
 """metaopt optimizers: ``torch.optim.Optimizer`` subclasses and their functional cores."""
 
 from metaopt.optim import functional
+from metaopt.optim.apo import APO
 from metaopt.optim.complex_adam import ComplexAdam
 from metaopt.optim.complex_momentum import ComplexMomentum
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter
 
-__all__ = ["Optimizer", "check_hyperparameter", "functional", "ComplexMomentum", "ComplexAdam"]
+__all__ = ["Optimizer", "check_hyperparameter", "functional", "ComplexMomentum", "ComplexAdam", "APO"]

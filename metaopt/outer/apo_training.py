@@ -1,0 +1,36 @@
+"""``outer=apo``: plain training whose optimizer may meta-learn itself from a second batch (APO)."""
+
+from __future__ import annotations
+
+from metaopt.outer.plain import PlainTraining
+
+__all__ = ["APOTraining"]
+
+
+class APOTraining(PlainTraining):
+    """``PlainTraining`` that also calls ``optimizer.meta_step`` when the optimizer asks for it.
+
+    The two lines an APO user adds to a training loop: every ``meta_interval`` steps a fresh batch
+    ``B'`` is drawn from the task's training split and ``meta_step(model, B, B', task.loss)`` updates
+    φ before the ordinary ``step``. Each step logs the schedule APO found (``lr`` per group or
+    ``precond_scale``, and ``apo_q``). With an optimizer that has no ``meta_step`` this is plain training.
+    ``conf/optimizer/apo_*.yaml`` select this loop, so ``python -m metaopt.run optimizer=apo_lr`` is enough.
+    """
+
+    def step(self) -> dict[str, float]:
+        inputs, targets = self.task.sample_batch(self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.model(inputs), targets)
+        loss.backward()
+        meta_step = getattr(self.optimizer, "meta_step", None)
+        if meta_step is not None and self.optimizer.meta_due:
+            fresh_inputs, _ = self.task.sample_batch(self.generator)
+            meta_step(self.model, (inputs, targets), fresh_inputs, self.task.loss)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        metrics = {"train_batch_loss": loss.item()}
+        schedule = getattr(self.optimizer, "schedule", None)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        metrics.update(schedule() if schedule is not None else {"lr": lr})
+        return metrics
