@@ -68,31 +68,29 @@ def _table(title: str, task: SupervisedTask, steps: int, repeats: int, notes: st
     return {"title": title, "columns": columns, "rows": rows, "notes": notes}
 
 
-def run(quick: bool = False) -> list[dict]:
-    torch.set_num_threads(1)
+def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
     steps, repeats = (100, 3) if quick else (300, 11)
     digits = data.load_digits()
-    task = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(64,)), batch_size=64)
-    tables = [_table(f"APO on digits_mlp (CPU, 1 thread, {steps} steps)", task, steps, repeats,
-                     "meta_interval=10, λ_FSD=0.1 (KL), meta-optimizer Adam; fastest of "
-                     f"{repeats} interleaved runs. Each run includes batch sampling, forward and backward.")]
-    if not quick:  # where compute, not Python overhead, dominates a step
-        wider = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(512, 512)), batch_size=256)
-        tables.append(_table("APO on a 64-512-512-10 MLP (CPU, 1 thread, batch 256, 150 steps)", wider, 150,
-                             5, "as above; a step costs milliseconds, so APO's Python overhead matters less"))
-    if torch.cuda.is_available():
+    tables = []
+    if "cpu" in devices:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            task = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(64,)), batch_size=64)
+            tables.append(_table(f"APO on digits_mlp (CPU, 1 thread, {steps} steps)", task, steps, repeats,
+                                 "meta_interval=10, λ_FSD=0.1 (KL), meta-optimizer Adam; fastest of "
+                                 f"{repeats} interleaved runs. Each run includes batch sampling, forward and "
+                                 "backward."))
+            if not quick:  # where compute, not Python overhead, dominates a step
+                wider = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(512, 512)), batch_size=256)
+                tables.append(_table("APO on a 64-512-512-10 MLP (CPU, 1 thread, batch 256, 150 steps)", wider,
+                                     150, 5, "as above; a step costs milliseconds, so APO's Python overhead "
+                                     "matters less"))
+        finally:
+            torch.set_num_threads(threads)
+    if "cuda" in devices and torch.cuda.is_available():
         wide = functools.partial(MLP, hidden_sizes=(1024, 1024, 1024))
         big = SupervisedTask(digits, wide, batch_size=512, device="cuda")
         tables.append(_table(f"APO on a 64-1024-1024-1024-10 MLP (CUDA, batch 512, {steps} steps)", big,
                              steps, repeats, "as above, on the GPU; APO-Precond learns 1024×1024 factors"))
     return tables
-
-
-if __name__ == "__main__":
-    for table in run(quick=False):
-        print(f"\n## {table['title']}\n")
-        print("| " + " | ".join(table["columns"]) + " |")
-        print("|" + "---|" * len(table["columns"]))
-        for row in table["rows"]:
-            print("| " + " | ".join(str(c) for c in row) + " |")
-        print(f"\n{table['notes']}")
