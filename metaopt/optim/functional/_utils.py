@@ -12,6 +12,11 @@ Tensors = tuple[torch.Tensor, ...]
 Hyper = float | torch.Tensor | Sequence[float | torch.Tensor]
 
 
+def step_count(params: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A 0-d step counter on the parameters' device (``torch.where``/vmap need one device)."""
+    return torch.zeros((), dtype=dtype, device=params[0].device if len(params) else None)
+
+
 def per_tensor(value: Hyper, index: int) -> float | torch.Tensor:
     """The value of hyperparameter ``value`` for the ``index``-th tensor."""
     if isinstance(value, (list, tuple)):

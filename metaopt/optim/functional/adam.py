@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
 
 __all__ = ["AdamState", "adam_init", "adam"]
 
@@ -21,7 +21,7 @@ class AdamState(NamedTuple):
 def adam_init(params: Sequence[torch.Tensor]) -> AdamState:
     # The step count is float64 so that bias corrections are as exact as torch's Python floats.
     zeros = tuple(torch.zeros_like(p) for p in params)
-    return AdamState(zeros, tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float64))
+    return AdamState(zeros, tuple(torch.zeros_like(p) for p in params), step_count(params))
 
 
 def adam(

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
 from metaopt.optim.functional.complex_momentum import polar
 
 __all__ = ["ComplexAdamState", "complex_adam_init", "complex_adam", "bias_correction"]
@@ -41,7 +41,7 @@ def bias_correction(beta1: float | torch.Tensor, angle: float | torch.Tensor, st
 def complex_adam_init(params: Sequence[torch.Tensor]) -> ComplexAdamState:
     def zeros():
         return tuple(torch.zeros_like(p) for p in params)
-    return ComplexAdamState(zeros(), zeros(), zeros(), torch.zeros((), dtype=torch.float32))
+    return ComplexAdamState(zeros(), zeros(), zeros(), step_count(params, torch.float32))
 
 
 def complex_adam(

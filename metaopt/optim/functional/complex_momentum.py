@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
 
 __all__ = ["ComplexMomentumState", "complex_momentum_init", "complex_momentum", "polar"]
 
@@ -37,7 +37,7 @@ def polar(modulus: float | torch.Tensor, angle: float | torch.Tensor) -> tuple:
 def complex_momentum_init(params: Sequence[torch.Tensor]) -> ComplexMomentumState:
     return ComplexMomentumState(tuple(torch.zeros_like(p) for p in params),
                                 tuple(torch.zeros_like(p) for p in params),
-                                torch.zeros((), dtype=torch.float32))
+                                step_count(params, torch.float32))
 
 
 def complex_momentum(

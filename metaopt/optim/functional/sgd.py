@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
 
 __all__ = ["SGDState", "sgd_init", "sgd"]
 
@@ -25,7 +25,7 @@ class SGDState(NamedTuple):
 
 
 def sgd_init(params: Sequence[torch.Tensor]) -> SGDState:
-    return SGDState(tuple(torch.zeros_like(p) for p in params), torch.zeros((), dtype=torch.float64))
+    return SGDState(tuple(torch.zeros_like(p) for p in params), step_count(params))
 
 
 def sgd(
