@@ -1,4 +1,6 @@
-"""Checks of the CUDA code paths, for a machine with a GPU (CI has none): ``python -m experiments.benchmarks.cuda_check``.
+"""Checks of the CUDA code paths on a machine with a GPU (CI has none).
+
+    python -m experiments.benchmarks.cuda_check
 
 1. ComplexMomentum / ComplexAdam on CUDA: per-tensor, multi-tensor and compiled paths agree with the
    CPU trajectory; the functional cores agree under vmap.
@@ -58,7 +60,7 @@ def check_optimizers(device: str) -> list[str]:
         params = [torch.randn(33, 17, device=device), torch.randn(17, device=device)]
         lrs = torch.tensor([0.01, 0.05, 0.1], device=device)
 
-        def run(lr):
+        def run(lr, params=params, init=init, update=update):
             ps, state = list(params), init(params)
             for _ in range(5):
                 ps, state = update(ps, [torch.cos(p) for p in ps], state, lr=lr)
