@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metaopt.optim._compiled import CompiledStep
+from metaopt.optim._compiled import CompiledStep, write_back
 from metaopt.optim.complex_momentum import _check_flags
 from metaopt.optim.functional.complex_adam import bias_correction
 from metaopt.optim.functional.complex_momentum import polar
@@ -164,6 +164,6 @@ def _fused_complex_adam(params, grads, reals, imags, squares, scalars):
     denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(new_square), correction2), eps)
     direction = torch._foreach_add(new_real, torch._foreach_mul(new_imag, ratio))
     torch._foreach_add_(params, torch._foreach_mul(torch._foreach_div(direction, denom), step_size))
-    torch._foreach_copy_(reals, new_real)
-    torch._foreach_copy_(imags, new_imag)
-    torch._foreach_copy_(squares, new_square)
+    write_back(reals, new_real)
+    write_back(imags, new_imag)
+    write_back(squares, new_square)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metaopt.optim._compiled import CompiledStep
+from metaopt.optim._compiled import CompiledStep, write_back
 from metaopt.optim.functional.complex_momentum import polar
 from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter
 
@@ -134,6 +134,6 @@ def _fused_complex_momentum(params, grads, reals, imags, scalars):
     new_real = torch._foreach_sub(torch._foreach_mul(reals, beta_r), torch._foreach_mul(imags, beta_i))
     new_real = torch._foreach_sub(new_real, grads)
     new_imag = torch._foreach_add(torch._foreach_mul(reals, beta_i), torch._foreach_mul(imags, beta_r))
-    torch._foreach_copy_(reals, new_real)
-    torch._foreach_copy_(imags, new_imag)
     torch._foreach_add_(params, torch._foreach_mul(new_real, lr))
+    write_back(reals, new_real)
+    write_back(imags, new_imag)
