@@ -53,6 +53,19 @@ def format_table(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_cuda_tables() -> str:
+    """The CUDA tables last recorded on a GPU machine (``cuda/*.md``, written with ``--devices cuda``)."""
+    parts = ["## CUDA rows, recorded on a GPU machine\n\nThis machine has no GPU; these tables are the last "
+             "ones written by `python -m experiments.benchmarks.run --only NAME --devices cuda --output "
+             "experiments/benchmarks/cuda/NAME.md` on a machine with one (its line says which).\n"]
+    for path in sorted((HERE / "cuda").glob("*.md")):
+        text = path.read_text()
+        machine_line = next((line for line in text.splitlines() if line.startswith("Machine:")), "")
+        tables = text[text.find("### "):] if "### " in text else ""
+        parts.append(f"{machine_line}\n\n{tables}")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="benchmark names (bench_<name>.py) to run")
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only or args.quick or len(args.devices) < 2:
             return
         output = str(HERE / "RESULTS.md")
+    if "cuda" in args.devices and not torch.cuda.is_available():
+        sections.append(recorded_cuda_tables())
     header = (f"# Benchmark results\n\nWritten by `make bench` on {datetime.date.today()}.\n\n"
               f"Machine: {machine()}.\n\nEvery ratio compares two timings taken in the same run.\n\n")
     Path(output).write_text(header + "\n".join(sections))

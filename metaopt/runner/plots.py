@@ -32,6 +32,15 @@ def _panels(keys: Sequence[str]) -> list[tuple[str, list[str], bool]]:
                                             ("other", others, False)) if ks]
 
 
+def _save(fig, path: str | Path, title: str) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """One panel for losses (log scale), one for accuracies, one for everything else, over steps."""
     keys = sorted({k for record in history for k in record if k != "step"})
@@ -49,12 +58,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
         if panel_keys:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], keys: Sequence[str], path: str | Path,
@@ -72,9 +76,4 @@ def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], keys: Sequen
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
