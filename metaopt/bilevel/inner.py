@@ -6,8 +6,7 @@ the differentiable unrolled graph (``Unroll``, ``TruncatedUnroll``): the optimiz
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from metaopt.bilevel._tree import Tensors, tree_detach, tree_leaves, tree_norm
 from metaopt.bilevel.problem import BilevelProblem
 from metaopt.checks import require
-from metaopt.optim.functional import FUNCTIONAL
+from metaopt.optim.functional import FUNCTIONAL, resolve
 
 __all__ = ["InnerState", "InnerOptimizer", "InnerRun", "run_inner", "inner_residual"]
 
@@ -25,10 +24,6 @@ class InnerState(NamedTuple):
 
     params: Tensors
     opt_state: Any
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 class InnerOptimizer:
@@ -41,8 +36,6 @@ class InnerOptimizer:
     ``betas=(β₁, β₂)`` becomes ``beta1``, ``beta2`` and ``foreach``/``differentiable``/``fused``/
     ``capturable`` (execution flags of the stateful classes) are dropped.
     """
-
-    _EXECUTION_FLAGS = ("foreach", "differentiable", "fused", "capturable")
 
     def __init__(self, name: str = "sgd", **hyperparameters: Any):
         require("inner optimizer", name, name in FUNCTIONAL,
@@ -62,15 +55,11 @@ class InnerOptimizer:
     @classmethod
     def from_config(cls, factory: Callable | None, name: str | None = None) -> InnerOptimizer:
         """The inner optimizer that ``factory`` (``instantiate(cfg.optimizer)``) describes."""
-        keywords: Mapping[str, Any] = dict(getattr(factory, "keywords", {}) or {})
-        target = getattr(factory, "func", factory)
-        if name is None:
-            require("optimizer", target, isinstance(target, type), "a partial of an optimizer class, or "
-                    "outer.inner_optimizer naming a metaopt.optim.functional entry")
-            name = _snake(target.__name__)
-        hyper = {k: v for k, v in keywords.items() if k not in cls._EXECUTION_FLAGS}
-        if "betas" in hyper:
-            hyper["beta1"], hyper["beta2"] = (float(b) for b in hyper.pop("betas"))
+        if factory is None:
+            require("outer.inner_optimizer", name, name is not None,
+                    "a metaopt.optim.functional entry when there is no cfg.optimizer")
+            return cls(name)
+        name, hyper = resolve(factory, name)
         return cls(name, **hyper)
 
     def init(self, params: Tensors) -> InnerState:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,18 +15,16 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
-from metaopt.optim.functional import FUNCTIONAL
+from metaopt.optim.functional import FUNCTIONAL, resolve
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.unrolled.problem import ParticleState, UnrolledProblem, where_particles
 
-__all__ = ["TrainingRun", "functional_optimizer_name", "TRANSFORMS"]
+__all__ = ["TrainingRun", "TRANSFORMS"]
 
 # Unconstrained parameterisation of each hyperparameter: θ = log(value) or logit(value).
 TRANSFORMS = {"lr": "log", "weight_decay": "log", "eps": "log", "momentum": "logit", "dampening": "logit",
               "beta1": "logit", "beta2": "logit"}
 _SCHEDULES = ("constant", "linear")
-# Keyword arguments of torch optimizers that choose an implementation, not the arithmetic.
-_IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 
 def _forward(transform: str, value: float) -> float:
@@ -36,37 +33,6 @@ def _forward(transform: str, value: float) -> float:
 
 def _inverse(transform: str, theta: torch.Tensor) -> torch.Tensor:
     return torch.exp(theta) if transform == "log" else torch.sigmoid(theta)
-
-
-def functional_optimizer_name(optimizer: str | Callable) -> tuple[str, dict[str, Any]]:
-    """The ``FUNCTIONAL`` entry and fixed hyperparameters for an optimizer given by name or factory.
-
-    A factory is what ``cfg.optimizer`` instantiates to (``functools.partial(torch.optim.SGD, lr=…)``,
-    or one of metaopt's optimizers): the class name, lower-cased or in snake case, selects the
-    functional core (``torch.optim.SGD`` → ``"sgd"``, ``torch.optim.Adam`` → ``"adam"``, a
-    ``ComplexMomentum`` → ``"complex_momentum"``), its keyword arguments become fixed hyperparameters
-    (``betas`` is split into ``beta1``/``beta2``; ``foreach``/``fused``-style implementation flags are
-    dropped).
-    """
-    if isinstance(optimizer, str):
-        name, keywords = optimizer, {}
-    else:
-        target = getattr(optimizer, "func", optimizer)
-        class_name = getattr(target, "__name__", str(target))
-        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", class_name).lower()
-        name = snake if snake in FUNCTIONAL else class_name.lower()
-        keywords = dict(getattr(optimizer, "keywords", {}) or {})
-    require("optimizer", name, name in FUNCTIONAL,
-            f"an optimizer with a functional core, one of {sorted(FUNCTIONAL)}")
-    fixed = {}
-    for key, value in keywords.items():
-        if key in _IMPLEMENTATION_FLAGS:
-            continue
-        if key == "betas":
-            fixed["beta1"], fixed["beta2"] = float(value[0]), float(value[1])
-        else:
-            fixed[key] = value
-    return name, fixed
 
 
 class TrainingRun(UnrolledProblem):
@@ -90,7 +56,7 @@ class TrainingRun(UnrolledProblem):
                  tuned: Mapping[str, float] | None = None, schedule: str = "constant",
                  per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 1000,
                  meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0):
-        name, optimizer_fixed = functional_optimizer_name(optimizer)
+        name, optimizer_fixed = resolve(optimizer)
         tuned = dict(tuned if tuned is not None else {"lr": 0.01})
         fixed = {**optimizer_fixed, **dict(fixed or {})}
         accepted = set(inspect.signature(FUNCTIONAL[name].update).parameters) - {"params", "grads", "state"}
