@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -22,6 +23,15 @@ def make_config():
             return compose("config", overrides=["name=test", "logger=none", "progress=false", *overrides])
 
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread, restoring the previous count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
