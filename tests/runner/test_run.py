@@ -20,6 +20,7 @@ def _metrics(folder):
 def test_cli_run_writes_the_file_contract_and_a_wandb_run(tmp_path):
     folder = tmp_path / "run"
     result = run_cli("task=digits_mlp", "optimizer=sgd_momentum", "outer.steps=200", "outer.eval_every=50",
+                     "log_every=10",
                      f"hydra.run.dir={folder}")
     assert result.returncode == 0, result.stderr
     summary = _summary(folder)
