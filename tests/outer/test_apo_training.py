@@ -25,7 +25,7 @@ def _metrics(folder):
 
 
 def test_apo_lr_selects_its_loop_and_logs_the_learned_schedule(tmp_path):
-    cfg = _config("optimizer=apo_lr", "task=digits_mlp", "outer.steps=60", "outer.eval_every=0")
+    cfg = _config("optimizer=apo_lr", "task=digits_mlp", "outer.steps=60", "outer.eval_every=0", "log_every=10")
     assert cfg.outer._target_ == "metaopt.outer.APOTraining"
     assert instantiate(cfg.optimizer.divergence) == "kl"  # a classifier: KL between predictive distributions
     run(cfg, tmp_path)
