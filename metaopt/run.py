@@ -122,7 +122,7 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
                                      resume_step=start if checkpoint is not None else None, **logger_kwargs)
     exit_code = 1
     try:
-        summary = _train(cfg, loop, logger, folder, start, elapsed, origin)
+        summary = _train(cfg, loop, logger, folder, start, elapsed, origin, checkpoint)
         exit_code = 0
         return summary
     finally:
@@ -130,10 +130,12 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
 
 
 def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float,
-           origin: float) -> dict[str, Any]:
+           origin: float, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
     log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
-    window: dict[str, float] = {}
-    count = 0
+    # The metrics averaged since the last logged step travel in checkpoints, so that a checkpoint
+    # between two logged steps resumes into the same averages.
+    window: dict[str, float] = dict(checkpoint.get("window", {})) if checkpoint else {}
+    count = int(checkpoint.get("window_count", 0)) if checkpoint else 0
     startup_seconds = None
     bar = tqdm(total=loop.num_steps, initial=start, desc=cfg.get("name") or "train", mininterval=0.5,
                dynamic_ncols=True,
@@ -165,7 +167,7 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
             seconds = elapsed + time.perf_counter() - began
             save_checkpoint(folder / CHECKPOINT, {
                 "step": step, "loop": loop.state_dict(), "rng": rng_state(), "train_seconds": seconds,
-                "wandb_id": logger.run_id,
+                "wandb_id": logger.run_id, "window": window, "window_count": count,
             })
     bar.close()
     train_seconds = elapsed + time.perf_counter() - began

@@ -12,8 +12,9 @@ import torch
 from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tests.conftest import REPO, run_cli
 
+# Checkpoints fall between logged steps (every 100 vs every 30): the averaging window must resume too.
 ARGS = ["task=digits_mlp", "optimizer=sgd_momentum", "outer.steps=3000", "outer.eval_every=500",
-        "checkpoint_every=100", "progress=false"]
+        "checkpoint_every=100", "log_every=30", "progress=false"]
 TIMING_KEYS = {"train_seconds", "startup_seconds"}
 
 
@@ -54,12 +55,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_from_a_run_folder_path_continues_there(tmp_path):
     first = tmp_path / "first"
-    assert run_cli("outer.steps=200", "checkpoint_every=100", "logger=none", f"hydra.run.dir={first}").returncode == 0
+    args = ["checkpoint_every=100", "logger=none", "log_every=10"]
+    assert run_cli("outer.steps=150", *args, f"hydra.run.dir={first}").returncode == 0
     elsewhere = tmp_path / "elsewhere"
-    result = run_cli("outer.steps=200", "checkpoint_every=100", "logger=none", f"resume={first}",
-                     f"hydra.run.dir={elsewhere}")
+    result = run_cli("outer.steps=250", *args, f"resume={first}", f"hydra.run.dir={elsewhere}")
     assert result.returncode == 0, result.stderr
-    assert [json.loads(x)["step"] for x in (first / "metrics.jsonl").read_text().splitlines()][-1] == 200
+    steps = [json.loads(x)["step"] for x in (first / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 251, 10))  # resumed from step 100: 110..250 replaced what followed it
+    assert json.loads((first / "summary.json").read_text())["steps"] == 250
     assert not (elsewhere / "summary.json").exists()
 
 
