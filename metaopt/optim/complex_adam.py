@@ -99,7 +99,8 @@ class ComplexAdam(Optimizer):
         scale, ratio = correction
         values = [hyper[k] for k in ("beta_r", "beta_i", "beta2", "eps", "weight_decay")]
         values += [-hyper["lr"] / scale, (1 - hyper["beta2"] ** step) ** 0.5, ratio]
-        scalars = torch.tensor(values, dtype=torch.float32, device=params[0].device)
+        scalars = torch.tensor(values, dtype=torch.promote_types(params[0].dtype, torch.float32),
+                               device=params[0].device)
         self._fused_update(params, grads, *buffers, scalars)
 
 

@@ -83,7 +83,8 @@ class ComplexMomentum(Optimizer):
         reals = [s["momentum_real"] for s in states]
         imags = [s["momentum_imag"] for s in states]
         if group["fused"]:
-            scalars = torch.tensor([beta_r, beta_i, lr, weight_decay], dtype=torch.float32,
+            scalars = torch.tensor([beta_r, beta_i, lr, weight_decay],
+                                   dtype=torch.promote_types(params[0].dtype, torch.float32),
                                    device=params[0].device)
             self._fused_update(params, grads, reals, imags, scalars)
         elif foreach:

@@ -137,8 +137,7 @@ def _train_linreg(task, lr, steps, apo_kwargs=None):
     return task.evaluate(model, splits=("train",))["train_loss"], lrs
 
 
-def test_apo_lr_on_ill_conditioned_linreg_matches_the_best_fixed_lr_from_any_initial_lr():
-    torch.set_num_threads(1)
+def test_apo_lr_on_ill_conditioned_linreg_matches_the_best_fixed_lr_from_any_initial_lr(one_thread):
     task = LinearRegression(dim=20, condition_number=1000.0, noise=0.1)
     steps = 2500
     grid = {lr: _train_linreg(task, lr, steps)[0] for lr in (0.03, 0.3, 1.0, 1.5)}

@@ -181,8 +181,15 @@ def test_compiled_fused_step_matches_multi_tensor():
     """One compile per optimizer (slow): the torch.compile-d kernel against the foreach path."""
     for name in OPTIMIZERS:
         kw = dict(angle=0.5, weight_decay=0.01)
-        a, b = trajectories(lambda p, kw=kw, name=name: OPTIMIZERS[name](p, fused=True, **kw),
-                            lambda p, kw=kw, name=name: OPTIMIZERS[name](p, foreach=True, **kw), steps=10)
+        built = []
+
+        def fused(p, kw=kw, name=name, built=built):
+            built.append(OPTIMIZERS[name](p, fused=True, **kw))
+            return built[-1]
+
+        a, b = trajectories(fused, lambda p, kw=kw, name=name: OPTIMIZERS[name](p, foreach=True, **kw),
+                            steps=10)
+        assert not built[0]._fused_update.failed  # compiled, not the eager fallback
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
