@@ -82,7 +82,6 @@ class BilevelLoop:
         self.outer_optimizer = factory(self.outer_params)
         self.state = self.inner_optimizer.init(task.init_inner())
         self.unconverged_steps = 0
-        self.step_count = 0
 
     def step(self) -> dict[str, float]:
         if self.mode == "warm_start":
@@ -105,7 +104,6 @@ class BilevelLoop:
         for param, grad in zip(self.outer_params, result.grads):
             param.grad = grad.to(param.dtype)
         self.outer_optimizer.step()
-        self.step_count += 1
         return {"outer_loss": result.outer_loss, "inner_residual": result.residual,
                 "hypergradient_norm": float(tree_norm(result.grads)),
                 "inner_steps": float(result.inner_steps)}
@@ -133,8 +131,7 @@ class BilevelLoop:
         leaves, _ = torch.utils._pytree.tree_flatten(self.state)
         return {"outer_params": [p.detach().clone() for p in self.outer_params],
                 "outer_optimizer": self.outer_optimizer.state_dict(), "inner_state": list(leaves),
-                "generator": self.generator.get_state(), "unconverged_steps": self.unconverged_steps,
-                "step_count": self.step_count}
+                "generator": self.generator.get_state(), "unconverged_steps": self.unconverged_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -145,7 +142,6 @@ class BilevelLoop:
         self.state = torch.utils._pytree.tree_unflatten(list(state["inner_state"]), spec)
         self.generator.set_state(state["generator"])
         self.unconverged_steps = state["unconverged_steps"]
-        self.step_count = state["step_count"]
 
     def plots(self, folder: Path) -> list[Path]:
         plot = getattr(self.problem, "plot", None)

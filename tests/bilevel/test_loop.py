@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -72,5 +73,7 @@ def test_runner_writes_both_outer_losses(tmp_path, task, outer, extra):
     run(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("outer_loss", "retrain_outer_loss", "test_accuracy", "retrain_test_accuracy"):
-        assert key in summary
+        assert math.isfinite(summary[key])
+    # (outer_loss is at the inner weights trained on the λ before the last outer step, retrain_* on the
+    # final λ, so the two differ even in cold start.)
     assert (tmp_path / "distilled.png").exists() == (task == "digits_distill")
