@@ -47,7 +47,9 @@ def test_every_estimator_config_tunes_digits(outer, tmp_path):
     for _ in range(loop.num_steps):
         metrics = loop.step()
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    assert not torch.equal(loop.theta.detach(), start)
+    # From lr 0.003 the meta-loss falls steeply as the learning rate grows: every estimator must raise it.
+    lr_index = [i for i, name in enumerate(loop.problem.theta_names) if name.startswith("log_lr")]
+    assert lr_index and bool((loop.theta.detach()[lr_index] > start[lr_index]).all())
     summary = loop.summary()
     assert {"val_accuracy", "start.val_accuracy", "theta.momentum"} <= set(summary)
     assert [p.name for p in loop.plots(tmp_path)] == ["unrolled.png"]
