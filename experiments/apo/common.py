@@ -91,7 +91,4 @@ def train(task: SupervisedTask, make_optimizer, steps: int, label: str, seed: in
     return run
 
 
-def markdown_table(columns: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+

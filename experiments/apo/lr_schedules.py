@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.apo.common import HERE, digits_autoencoder, digits_mlp, markdown_table, train  # noqa: E402
+from experiments.apo.common import HERE, digits_autoencoder, digits_mlp, train  # noqa: E402
 from metaopt.optim import APO  # noqa: E402
+from metaopt.runner.report import markdown_table  # noqa: E402
 
 TASKS = {"digits_mlp": (digits_mlp, 1500, "kl"), "digits_autoencoder": (digits_autoencoder, 3000, "mse")}
 BASES = {
@@ -102,7 +103,7 @@ def _write_table(results) -> None:
     text = (f"APO-LR: λ_FSD={LAMBDA_FSD}, λ_WSD=0, meta_interval={META_INTERVAL}, meta-optimizer Adam "
             f"(lr {META_LR}); steps: {', '.join(f'{k} {v[1]}' for k, v in TASKS.items())}, batch 64, "
             "seed 0.\n\n"
-            + markdown_table(columns, rows) + "\n")
+            + markdown_table(columns, rows))
     (HERE / "lr_results.md").write_text(text)
     print(text)
 

@@ -18,8 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.apo.common import HERE, digits_autoencoder, markdown_table, train  # noqa: E402
+from experiments.apo.common import HERE, digits_autoencoder, train  # noqa: E402
 from metaopt.optim import APO  # noqa: E402
+from metaopt.runner.report import markdown_table  # noqa: E402
 
 STEPS = 3000
 GRIDS = {
@@ -88,7 +89,7 @@ def _write_table(runs) -> None:
                      "diverged" if run.diverged else f"{run.final['train_loss']:.5f}",
                      "diverged" if run.diverged else f"{run.final['test_loss']:.5f}", f"{run.seconds:.1f}"])
     text = (f"Digits autoencoder, {STEPS} steps of batch 64, seed 0; final losses on the full splits.\n\n"
-            + markdown_table(["optimizer", "dtype", "train loss", "test loss", "seconds"], rows) + "\n")
+            + markdown_table(["optimizer", "dtype", "train loss", "test loss", "seconds"], rows))
     (HERE / "precond_results.md").write_text(text)
     print(text)
 

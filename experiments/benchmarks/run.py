@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from metaopt.runner.report import markdown_table
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -40,17 +42,9 @@ def machine() -> str:
 
 
 def format_table(table: dict) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    lines = [f"### {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
-             "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table["rows"]]
-    if table.get("notes"):
-        lines += ["", table["notes"]]
-    return "\n".join(lines) + "\n"
+    text = f"### {table['title']}\n\n" + markdown_table(
+        table["columns"], table["rows"], lambda v: f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}")
+    return text + (f"\n{table['notes']}\n" if table.get("notes") else "")
 
 
 def recorded_cuda_tables() -> str:

@@ -30,6 +30,7 @@ from metaopt.bilevel import (  # noqa: E402
     TruncatedUnroll,
     Unroll,
 )
+from metaopt.runner.report import markdown_table  # noqa: E402
 from metaopt.tasks import MLP, SupervisedTask, data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -111,11 +112,7 @@ def main() -> None:
 
     header = ["problem", "per class", "mode", "hypergradient", "outer loss (own w)", "test acc (own w)",
               "outer loss (retrained)", "test acc (retrained)", "seconds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results.md").write_text(markdown_table(header, rows, "{:.3f}"))
 
     fig, axes = plt.subplots(2, 10, figsize=(10, 2.4))
     for r, mode in enumerate(("warm_start", "cold_start")):

@@ -31,15 +31,6 @@ def optimize(estimator, theta: torch.Tensor, steps: int, optimizer: Callable,
     return torch.stack(trajectory), losses
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write(name: str, text: str) -> Path:
     path = HERE / name
     path.write_text(text)

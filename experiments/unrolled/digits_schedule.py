@@ -18,7 +18,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from experiments.unrolled._common import HERE, markdown_table, write
+from experiments.unrolled._common import HERE, write
+from metaopt.runner.report import markdown_table
 from metaopt.tasks import TrainingRun
 from metaopt.unrolled import PES, ESSingle
 

@@ -10,7 +10,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from experiments.unrolled._common import HERE, markdown_table, optimize, write
+from experiments.unrolled._common import HERE, optimize, write
+from metaopt.runner.report import markdown_table
 from metaopt.tasks import InfluenceBalancing
 from metaopt.unrolled import PES, TBPTT, ESSingle, TruncatedES
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from experiments.unrolled._common import HERE, markdown_table, write
+from experiments.unrolled._common import HERE, write
+from metaopt.runner.report import markdown_table
 from metaopt.tasks import InfluenceBalancing
 from metaopt.unrolled import PES, ESSingle
 

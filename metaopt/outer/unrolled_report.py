@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from metaopt.runner.report import markdown_table  # noqa: E402
 from metaopt.tasks.training_run import TrainingRun  # noqa: E402
 from metaopt.unrolled.problem import UnrolledProblem  # noqa: E402
 
@@ -45,10 +46,9 @@ def comparison_rows(problem: UnrolledProblem, theta_start: torch.Tensor, theta_t
 def write_comparison_table(problem: UnrolledProblem, theta_start: torch.Tensor, theta_tuned: torch.Tensor,
                            final: dict[str, dict[str, float]], path: Path) -> Path:
     header, rows = comparison_rows(problem, theta_start, theta_tuned, final)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+    table = markdown_table(header, rows)
+    path.write_text(table)
+    print("\n" + table, end="")
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from omegaconf import DictConfig
 
 from metaopt.runner.plots import plot_comparison
 
-__all__ = ["SweepReport", "collect_runs", "format_table"]
+__all__ = ["SweepReport", "collect_runs", "format_table", "markdown_table"]
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -34,17 +35,23 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return runs
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str], label: str = "run") -> str:
-    """A Markdown table (also readable in a terminal)."""
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+def markdown_table(columns: list[str], rows: list[list[Any]],
+                   float_format: str | Callable[[float], str] = "{:.4g}") -> str:
+    """A Markdown table (also readable in a terminal), floats written with ``float_format``; ends in a newline."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return float_format(value) if callable(float_format) else float_format.format(value)
+        return str(value)
 
-    header = "| " + " | ".join([label, *columns]) + " |"
-    rule = "|" + "---|" * (len(columns) + 1)
-    lines = [header, rule]
-    for row in rows:
-        lines.append("| " + " | ".join([str(row["label"])] + [cell(row["summary"].get(c, "")) for c in columns]) + " |")
-    return "\n".join(lines)
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_table(runs: list[dict[str, Any]], columns: list[str], label: str = "run") -> str:
+    """The summaries of ``collect_runs`` as a Markdown table, one row per run."""
+    return markdown_table([label, *columns], [[r["label"], *(r["summary"].get(c, "") for c in columns)]
+                                              for r in runs])
 
 
 def _default_columns(runs: list[dict[str, Any]]) -> list[str]:
@@ -75,7 +82,7 @@ class SweepReport(Callback):
             return
         columns = self.columns or _default_columns(runs)
         table = format_table(runs, columns)
-        (sweep_dir / "report.md").write_text(table + "\n")
+        (sweep_dir / "report.md").write_text(table)
         keys = [k for k in self.plot_keys if any(k in rec for r in runs for rec in r["history"])]
         if keys:
             plot_comparison({r["label"]: r["history"] for r in runs}, keys, sweep_dir / "comparison.png",
