@@ -1,4 +1,5 @@
-"""A multi-tensor update compiled once with ``torch.compile``, used by the ``fused=True`` optimizers."""
+"""The ``fused=True`` step of the complex optimizers: one pass over all tensors of a group, by a C kernel on
+CPU (``_cpu_kernels``) and by a multi-tensor update compiled once with ``torch.compile`` elsewhere."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["CompiledStep", "write_back"]
+from metaopt.optim import _cpu_kernels
+
+__all__ = ["CompiledStep", "FusedStep", "write_back"]
 
 
 class CompiledStep:
@@ -46,3 +49,29 @@ def write_back(targets: list[torch.Tensor], values: list[torch.Tensor]) -> None:
     """
     for target, value in zip(targets, values):
         target.copy_(value)
+
+
+class FusedStep:
+    """Run the C kernel ``kernel`` where it applies (contiguous float32/float64 CPU tensors and a C
+    compiler), else ``CompiledStep(update)``; ``path`` names what the last step ran."""
+
+    def __init__(self, kernel: str, update: Callable[..., None]):
+        self.kernel = kernel
+        self.compiled = CompiledStep(update)
+        self.path: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether ``torch.compile`` failed and the compiled path runs eagerly."""
+        return self.compiled.failed
+
+    def __call__(self, tensor_lists: list[list[torch.Tensor]], scalars: list[float]) -> None:
+        if _cpu_kernels.run(self.kernel, tensor_lists, scalars):
+            self.path = "cpu kernel"
+            return
+        params = tensor_lists[0]
+        # Hyperparameters as a tensor, so that new values (schedulers) do not recompile.
+        values = torch.tensor(scalars, dtype=torch.promote_types(params[0].dtype, torch.float32),
+                              device=params[0].device)
+        self.compiled(*tensor_lists, values)
+        self.path = "eager" if self.compiled.failed else "torch.compile"

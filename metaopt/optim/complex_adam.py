@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from metaopt.optim._compiled import CompiledStep, write_back
+from metaopt.optim._compiled import FusedStep, write_back
 from metaopt.optim.complex_momentum import _check_flags
 from metaopt.optim.functional.complex_adam import bias_correction
 from metaopt.optim.functional.complex_momentum import polar
@@ -52,7 +52,7 @@ class ComplexAdam(Optimizer):
         defaults = dict(lr=lr, betas=betas, angle=angle, eps=eps, weight_decay=weight_decay,
                         maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
-        self._fused_update = CompiledStep(_fused_complex_adam)
+        self._fused_update = FusedStep("complex_adam_step", _fused_complex_adam)
 
 
     def _validate(self, group: dict[str, Any]) -> None:
@@ -99,9 +99,7 @@ class ComplexAdam(Optimizer):
         scale, ratio = correction
         values = [hyper[k] for k in ("beta_r", "beta_i", "beta2", "eps", "weight_decay")]
         values += [-hyper["lr"] / scale, (1 - hyper["beta2"] ** step) ** 0.5, ratio]
-        scalars = torch.tensor(values, dtype=torch.promote_types(params[0].dtype, torch.float32),
-                               device=params[0].device)
-        self._fused_update(params, grads, *buffers, scalars)
+        self._fused_update([params, grads, *buffers], values)
 
 
 # The paths compute, with b = β₁e^{iφ} = beta_r + i·beta_i and c = 1 − bᵗ:

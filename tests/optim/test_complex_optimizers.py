@@ -8,7 +8,7 @@ import pytest
 import torch
 from complex_helpers import trajectories
 
-from metaopt.optim import ComplexAdam, ComplexMomentum
+from metaopt.optim import ComplexAdam, ComplexMomentum, _cpu_kernels
 
 OPTIMIZERS = {
     "complex_momentum": lambda params, **kw: ComplexMomentum(params, lr=0.05, **kw),
@@ -177,8 +177,67 @@ def test_sparse_gradients_are_refused(name):
         opt.step()
 
 
-def test_compiled_fused_step_matches_multi_tensor():
-    """One compile per optimizer (slow): the torch.compile-d kernel against the foreach path."""
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_cpu_kernel_matches_multi_tensor(name, dtype, maximize):
+    """The C kernel of fused=True, with a thread split that falls inside tensors (140k elements)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kw = dict(angle=0.5, weight_decay=0.01, maximize=maximize)
+        built = []
+
+        def fused(p):
+            built.append(OPTIMIZERS[name](p, fused=True, **kw))
+            return built[-1]
+
+        a, b = trajectories(fused, lambda p: OPTIMIZERS[name](p, foreach=True, **kw), steps=10, dtype=dtype,
+                            shapes=((300, 300), (7,), (50_001,)))
+    finally:
+        torch.set_num_threads(threads)
+    assert built[0]._fused_update.path == "cpu kernel"
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_cpu_kernel_tells_autograd_of_its_writes(name):
+    param = torch.nn.Parameter(torch.ones(4))
+    loss = (param**2).sum()  # saves param for backward
+    param.grad = torch.ones(4)
+    OPTIMIZERS[name]([param], fused=True).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("compiler, message", [("no-such-compiler-here", "no C compiler"),
+                                               ("false", "did not compile")])
+def test_without_a_c_compiler_fused_takes_torch_compile(compiler, message, monkeypatch):
+    calls = []
+
+    def recording_compile(update, **options):
+        def compiled(*args):
+            calls.append(update.__name__)
+            return update(*args)
+        return compiled
+
+    monkeypatch.setenv("CC", compiler)
+    monkeypatch.setattr(_cpu_kernels, "_built", False)
+    monkeypatch.setattr(_cpu_kernels, "_library", None)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    with pytest.warns(UserWarning, match=message):
+        opt = ComplexMomentum(_param(), lr=0.1, fused=True)
+        opt.param_groups[0]["params"][0].grad = torch.ones(3)
+        opt.step()
+    assert calls == ["_fused_complex_momentum"] and opt._fused_update.path == "torch.compile"
+
+
+def test_compiled_fused_step_matches_multi_tensor(monkeypatch):
+    """One compile per optimizer (slow): the torch.compile-d kernel (the path off CPU, or without a C
+    compiler) against the foreach path."""
+    monkeypatch.setattr(_cpu_kernels, "library", lambda: None)
     for name in OPTIMIZERS:
         kw = dict(angle=0.5, weight_decay=0.01)
         built = []
@@ -189,7 +248,7 @@ def test_compiled_fused_step_matches_multi_tensor():
 
         a, b = trajectories(fused, lambda p, kw=kw, name=name: OPTIMIZERS[name](p, foreach=True, **kw),
                             steps=10)
-        assert not built[0]._fused_update.failed  # compiled, not the eager fallback
+        assert built[0]._fused_update.path == "torch.compile"  # compiled, not the eager fallback
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
@@ -201,6 +260,7 @@ def test_fused_falls_back_to_eager_when_compiling_fails(name, monkeypatch):
             raise RuntimeError("no C++ compiler")
         return compiled
 
+    monkeypatch.setattr(_cpu_kernels, "library", lambda: None)
     monkeypatch.setattr(torch, "compile", failing_compile)
     with pytest.warns(UserWarning, match="failed .RuntimeError: no C.. compiler.; running the eager"):
         a, b = trajectories(lambda p: OPTIMIZERS[name](p, fused=True, angle=0.5),
@@ -211,14 +271,13 @@ def test_fused_falls_back_to_eager_when_compiling_fails(name, monkeypatch):
 
 def test_fused_adam_takes_the_eager_path_while_step_counts_differ(monkeypatch):
     calls = []
+    run = _cpu_kernels.run
 
-    def recording_compile(update, **options):
-        def compiled(params, *args):
-            calls.append(len(params))
-            return update(params, *args)
-        return compiled
+    def recording_run(kernel, tensor_lists, scalars):
+        calls.append(len(tensor_lists[0]))
+        return run(kernel, tensor_lists, scalars)
 
-    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(_cpu_kernels, "run", recording_run)
     first, late = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
     opt = ComplexAdam([first], fused=True)
     first.grad = torch.ones(3)
