@@ -13,11 +13,12 @@ direction and the targets are detached, so that ``Q`` is differentiable in φ on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,17 @@ def _kl(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 _DIVERGENCES: dict[str, Divergence] = {"mse": _mse, "kl": _kl}
+
+
+class _Layout(NamedTuple):
+    """Where a model holds APO's params (``slots``: module, attribute, index into APO's params) and its
+    other params (``other_slots``: module, attribute, param); cached between meta-steps."""
+
+    model: weakref.ref
+    names: list[str]
+    slots: list[tuple[nn.Module, str, int]]
+    other_slots: list[tuple[nn.Module, str, torch.Tensor]]
+    batch_norm: bool
 _KIND_TO_DIVERGENCE = {"regression": "mse", "classification": "kl"}
 
 
@@ -67,6 +79,20 @@ def _finite_nonnegative(value: Any) -> bool:
 def _square_norm(tensor: torch.Tensor) -> torch.Tensor:
     """``‖t‖²`` accumulated in at least float32 (low-precision steps would round it away)."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32)).square().sum()
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)`` without the call where it is a no-op (a meta-step makes a dozen of them)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _meta_adam(params: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """The default meta-optimizer: Adam, fused where torch has that kernel (φ is a handful of small
+    tensors, so a meta-update costs mostly per-call overhead, which the fused step cuts by a third)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +125,7 @@ class APO(torch.optim.Optimizer):
         meta_interval: ``K_meta``, steps between meta-updates of φ (the first step is one).
         meta_lr: the meta-optimizer's learning rate.
         meta_optimizer: a factory ``(params, lr=meta_lr) -> torch.optim.Optimizer`` for φ
-            (default ``torch.optim.Adam``).
+            (default ``torch.optim.Adam``, ``fused=True`` where torch has that kernel).
         divergence: ``D``: ``"mse"`` (regression outputs), ``"kl"`` (class logits), or a callable
             ``(outputs, targets) -> scalar`` with ``targets`` the detached outputs at θ.
         lr_per_group: ``mode="lr"``: one η per param group (``True``) or one global scale that keeps
@@ -168,7 +194,7 @@ class APO(torch.optim.Optimizer):
         self._lr_ratios: list[float] = []  # lr_per_group=False: each group's lr / the first group's
         self._lr_ratios_base = 1.0
         self._pending_directions: list[torch.Tensor | None] | None = None
-        self._layout: tuple | None = None
+        self._layout: _Layout | None = None
         self._precond_scale = float("nan")
         self._scales: list[float] = []
         self._precond_cache: list[tuple] = []
@@ -180,7 +206,7 @@ class APO(torch.optim.Optimizer):
         for group in self.param_groups:
             self._meta_params.append(self._init_meta_params(group))
         flat = [t for group in self._meta_params for t in group]
-        self.meta_optimizer = (meta_optimizer or torch.optim.Adam)(self._meta_groups(flat), lr=self.meta_lr)
+        self.meta_optimizer = (meta_optimizer or _meta_adam)(self._meta_groups(flat), lr=self.meta_lr)
         self._apply_meta_params()
 
     def _share_base_groups(self) -> None:
@@ -322,25 +348,47 @@ class APO(torch.optim.Optimizer):
         return out
 
     # -- the meta-step -------------------------------------------------------------------------------
-    def _model_layout(self, model: nn.Module) -> tuple[list[str], list[str], bool]:
-        """The names of the optimizer's params in ``model``, the names of its other params, and whether
-        it holds BatchNorm; cached per model (re-derived when a name no longer holds the same param)."""
+    def _model_layout(self, model: nn.Module) -> _Layout:
+        """Where the optimizer's params and the model's other params live in ``model``, and whether it
+        holds BatchNorm; cached per model (re-derived when a slot no longer holds the same param)."""
         params = [p for group in self.param_groups for p in group["params"]]
-        if self._layout is not None and self._layout[0]() is model:
-            _, names, others, batch_norm = self._layout
-            if all(model.get_parameter(name) is p for name, p in zip(names, params)):
-                return names, others, batch_norm
+        layout = self._layout
+        if layout is not None and layout.model() is model and len(layout.names) == len(params) and all(
+                module._parameters.get(attr) is params[i] for module, attr, i in layout.slots):
+            return layout
         by_id = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
         missing = sum(id(p) not in by_id for p in params)
         require("model", type(model).__name__, missing == 0,
                 f"the module whose parameters APO optimizes ({missing} of the optimizer's {len(params)} "
                 "parameters are not parameters of this model)")
-        names = [by_id[id(p)] for p in params]
-        ours = {id(p) for p in params}
-        others = [name for name, p in model.named_parameters() if id(p) not in ours]
-        batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
-        self._layout = (weakref.ref(model), names, others, batch_norm)
-        return names, others, batch_norm
+        index = {id(p): i for i, p in enumerate(params)}
+        slots, other_slots = [], []
+        for module in model.modules():  # every place a param sits (tied params sit in several)
+            for attr, p in module._parameters.items():
+                if p is not None:
+                    (slots.append((module, attr, index[id(p)])) if id(p) in index
+                     else other_slots.append((module, attr, p)))
+        self._layout = _Layout(weakref.ref(model), [by_id[id(p)] for p in params], slots, other_slots,
+                               any(isinstance(m, _BatchNorm) for m in model.modules()))
+        return self._layout
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _swapped(layout: _Layout, params: list[torch.Tensor], values: list[torch.Tensor]):
+        """Run ``model`` with ``values`` in place of the optimizer's params and its other params
+        detached (constants of Q), restoring them after: ``functional_call`` for this fixed layout,
+        without re-deriving the module tree and tied names at every meta-step."""
+        try:
+            for module, attr, i in layout.slots:
+                module._parameters[attr] = values[i]
+            for module, attr, p in layout.other_slots:
+                module._parameters[attr] = p.detach()
+            yield
+        finally:
+            for module, attr, i in layout.slots:
+                module._parameters[attr] = params[i]
+            for module, attr, p in layout.other_slots:
+                module._parameters[attr] = p
 
     def _divergence(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if callable(self.divergence):
@@ -370,7 +418,7 @@ class APO(torch.optim.Optimizer):
         """
         params = [p for group in self.param_groups for p in group["params"]]
         with_grad = [p for p in params if p.grad is not None]
-        saved_params = torch._foreach_mul(with_grad, 1.0)
+        saved_params = [p.clone() for p in with_grad]  # (a foreach op with a scalar costs twice as much)
         saved_state = {} if keep_state else {
             p: _clone_state(self.base.state[p]) if p in self.base.state else None for p in with_grad}
         saved_lrs = [group["lr"] for group in self.param_groups]
@@ -403,7 +451,7 @@ class APO(torch.optim.Optimizer):
                 eta = log_lr.exp() * ratio
                 for _ in group["params"]:
                     d = directions[index]
-                    steps.append(None if d is None else eta.to(d.dtype) * d)
+                    steps.append(None if d is None else _as_dtype(eta, d.dtype) * d)
                     index += 1
             return steps
         factors = (f for index in range(len(self.param_groups)) for f in self._precond_factors(index))
@@ -433,11 +481,13 @@ class APO(torch.optim.Optimizer):
     def _objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                    fresh_inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    directions: list[torch.Tensor | None]) -> torch.Tensor:
-        names, others, batch_norm = self._model_layout(model)
+        layout = self._model_layout(model)
         params = [p for group in self.param_groups for p in group["params"]]
         inputs, targets = batch
         # BatchNorm mixes the examples of a batch and updates running statistics: then B and B' run
-        # separately, on cloned buffers. Otherwise one forward of the concatenated batch serves both.
+        # separately, through functional_call on cloned buffers. Otherwise the params are swapped in
+        # place for the lookahead, and one forward of the concatenated batch serves both B and B'.
+        batch_norm = layout.batch_norm
         buffers = {name: b.clone() for name, b in model.named_buffers()} if batch_norm else {}
         concatenate = (self.lambda_fsd and not batch_norm and isinstance(inputs, torch.Tensor)
                        and isinstance(fresh_inputs, torch.Tensor)
@@ -448,24 +498,29 @@ class APO(torch.optim.Optimizer):
                 target_outputs = (functional_call(model, buffers, (fresh_inputs,)) if batch_norm
                                   else model(fresh_inputs))
             self._check_outputs(target_outputs)
-        # Parameters APO does not optimize enter as constants, so Q is differentiable in φ only.
-        lookahead = {name: model.get_parameter(name).detach() for name in others}
-        lookahead.update(buffers)
         with torch.enable_grad():
             steps = self._lookahead_steps(directions)
-            for name, p, step in zip(names, params, steps):
-                lookahead[name] = p.detach() if step is None else p.detach() - step.to(p.dtype)
-            if concatenate:
-                both = functional_call(model, lookahead, (torch.cat([inputs, fresh_inputs]),))
-                self._check_outputs(both)
-                outputs, fresh_outputs = both.split([len(inputs), len(fresh_inputs)])
-            else:
+            # Q is differentiable in φ only: θ and the params APO does not optimize are constants.
+            values = [p.detach() if step is None else p.detach() - _as_dtype(step, p.dtype)
+                      for p, step in zip(params, steps)]
+            if batch_norm:
+                lookahead = {name: p.detach() for name, p in model.named_parameters()}
+                lookahead.update(zip(layout.names, values))
+                lookahead.update(buffers)
                 outputs = functional_call(model, lookahead, (inputs,))
+                fresh_outputs = functional_call(model, lookahead, (fresh_inputs,)) if self.lambda_fsd else None
+            else:
+                with self._swapped(layout, params, values):
+                    if concatenate:
+                        outputs, fresh_outputs = model(torch.cat([inputs, fresh_inputs])).split(
+                            [len(inputs), len(fresh_inputs)])
+                    else:
+                        outputs = model(inputs)
+                        fresh_outputs = model(fresh_inputs) if self.lambda_fsd else None
+            if target_outputs is None:
                 self._check_outputs(outputs)
             q = loss_fn(outputs, targets)
             if self.lambda_fsd:
-                if not concatenate:
-                    fresh_outputs = functional_call(model, lookahead, (fresh_inputs,))
                 q = q + self.lambda_fsd * self._divergence(fresh_outputs, target_outputs)
             if self.lambda_wsd:
                 q = q + 0.5 * self.lambda_wsd * sum(_square_norm(s) for s in steps if s is not None)

@@ -1,6 +1,7 @@
 """APO: derivatives of Q against finite differences, the paper's linreg claim, the quadratic optimum
 of the preconditioner, the untouched base state, checkpoints, and bad input."""
 
+import copy
 import functools
 import io
 import math
@@ -385,6 +386,60 @@ def test_params_outside_the_optimizer_are_constants_of_the_lookahead(mode):
     opt.meta_step(model, (inputs, targets), torch.randn(8, 3), _half_mse)
     assert torch.equal(model[0].weight.grad, frozen_grad)  # Q's backward reached φ only
     assert all(t.grad is not None for t in opt._meta_params[0])
+
+
+class _TiedNet(nn.Module):
+    """The same weight in two places (one module used twice) and a bias shared by two modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)
+        self.head.bias = self.inner.bias
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+@pytest.mark.parametrize("lambda_fsd, lambda_wsd", [(0.7, 0.3), (0.0, 0.5)])
+def test_the_meta_objective_is_the_loss_of_a_copy_moved_to_the_lookahead(lambda_fsd, lambda_wsd):
+    """Q(η) of an SGD base (d = ∇J) against a deep copy of the model set to θ − η∇J, on a model with
+    tied parameters (every place a param sits must move with it)."""
+    torch.manual_seed(0)
+    model = _TiedNet().double()
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.3), lambda_fsd=lambda_fsd,
+              lambda_wsd=lambda_wsd, divergence="kl")
+    inputs, targets = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 3, (10,))
+    fresh = torch.randn(7, 3, dtype=torch.float64)
+    F.cross_entropy(model(inputs), targets).backward()
+    q = opt.meta_objective(model, (inputs, targets), fresh, F.cross_entropy)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, original in zip(moved.parameters(), model.parameters()):
+            p.sub_(0.3 * original.grad)
+        expected = F.cross_entropy(moved(inputs), targets)
+        expected += lambda_fsd * F.kl_div(F.log_softmax(moved(fresh), -1), F.log_softmax(model(fresh), -1),
+                                          log_target=True, reduction="batchmean")
+        expected += 0.5 * lambda_wsd * sum((0.3 * p.grad).square().sum() for p in model.parameters())
+    assert float(q.detach()) == pytest.approx(float(expected), rel=1e-12)
+    assert all(isinstance(p, nn.Parameter) for p in (model.inner.weight, model.head.bias))
+
+
+def test_a_failing_lookahead_forward_puts_the_params_back():
+    class Picky(nn.Linear):
+        def forward(self, x):
+            if not isinstance(self.weight, nn.Parameter):
+                raise RuntimeError("lookahead refused")
+            return super().forward(x)
+
+    model = Picky(2, 2)
+    weight = model.weight
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
+    inputs, targets = torch.randn(4, 2), torch.randn(4, 2)
+    _half_mse(model(inputs), targets).backward()
+    with pytest.raises(RuntimeError, match="lookahead refused"):
+        opt.meta_objective(model, (inputs, targets), inputs, _half_mse)
+    assert model.weight is weight and model._parameters["weight"] is weight
 
 
 def test_a_model_that_does_not_own_the_params_is_refused():
