@@ -242,7 +242,7 @@ class APO(torch.optim.Optimizer):
             if p.dim() >= 2:
                 for size in (p.shape[0], math.prod(p.shape[1:])):
                     if size <= self.max_factor_size:
-                        factors.append(torch.eye(size, dtype=p.dtype, device=p.device, requires_grad=True))
+                        factors.append(torch.eye(size, dtype=dtype, device=device, requires_grad=True))
         return factors
 
     def _meta_groups(self, tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
@@ -275,15 +275,16 @@ class APO(torch.optim.Optimizer):
     @staticmethod
     def _precondition(grad: torch.Tensor, log_scale: torch.Tensor, left: torch.Tensor | None,
                       right: torch.Tensor | None) -> torch.Tensor:
-        """``P∇ = exp(c)·L Lᵀ ∇ R Rᵀ`` for a matrix-shaped tensor (``exp(c)·∇`` otherwise)."""
+        """``P∇ = exp(c)·L Lᵀ ∇ R Rᵀ`` for a matrix-shaped tensor (``exp(c)·∇`` otherwise), computed in
+        the factors' precision (at least float32) and returned in the gradient's."""
         if left is None and right is None:
-            return log_scale.exp().to(grad.dtype) * grad
-        matrix = grad.reshape(grad.shape[0], -1)
+            return _as_dtype(log_scale.exp(), grad.dtype) * grad
+        matrix = _as_dtype(grad.reshape(grad.shape[0], -1), log_scale.dtype)
         if left is not None:
             matrix = left @ (left.T @ matrix)
         if right is not None:
             matrix = (matrix @ right) @ right.T
-        return (log_scale.exp().to(grad.dtype) * matrix).reshape(grad.shape)
+        return _as_dtype(log_scale.exp() * matrix, grad.dtype).reshape(grad.shape)
 
     @torch.no_grad()
     def _apply_meta_params(self) -> None:
@@ -305,12 +306,13 @@ class APO(torch.optim.Optimizer):
         self._precond_cache = []
         for index in range(len(self.param_groups)):
             for p, log_scale, left, right in self._precond_factors(index):
-                scale = log_scale.exp().to(p.dtype)
+                scale = log_scale.exp()
                 left_gram = None if left is None else scale * (left @ left.T)
                 right_gram = None if right is None else right @ right.T
                 if left_gram is None and right_gram is not None:
                     right_gram = scale * right_gram
-                self._precond_cache.append((p, scale, left_gram, right_gram))
+                grams = [None if g is None else _as_dtype(g, p.dtype) for g in (left_gram, right_gram)]
+                self._precond_cache.append((p, _as_dtype(scale, p.dtype), *grams))
         scales = []
         for _, scale, left_gram, right_gram in self._precond_cache:
             if left_gram is None and right_gram is None:

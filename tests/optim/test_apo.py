@@ -442,6 +442,24 @@ def test_a_failing_lookahead_forward_puts_the_params_back():
     assert model.weight is weight and model._parameters["weight"] is weight
 
 
+def test_bfloat16_params_get_float32_factors_that_record_small_meta_updates():
+    """A meta-update of an n×n factor moves each entry by about meta_lr/n; in bfloat16 (8 bits of
+    mantissa) such a step on the identity's ones would round away, so the factors are float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(torch.bfloat16)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), mode="precond", meta_lr=1e-3,
+              meta_interval=1, divergence="kl")
+    inputs, targets = torch.randn(16, 6, dtype=torch.bfloat16), torch.randint(0, 3, (16,))
+    before = [p.clone() for p in model.parameters()]
+    F.cross_entropy(model(inputs), targets).backward()
+    assert opt.meta_step(model, (inputs, targets), inputs, F.cross_entropy) is not None
+    opt.step()
+    factors = [t for t in opt._meta_params[0] if t.dim() == 2]
+    assert len(factors) == 4 and all(t.dtype == torch.float32 for t in factors)
+    assert all(not torch.equal(t.detach(), torch.eye(len(t))) for t in factors)
+    assert all(p.dtype == torch.bfloat16 and not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_a_model_that_does_not_own_the_params_is_refused():
     model, other = nn.Linear(2, 1), nn.Linear(2, 1)
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
