@@ -158,14 +158,21 @@ def test_closure_zero_grad_and_loss(name):
     assert param.grad is None
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-5), (torch.bfloat16, 0.1)])
-def test_dtypes_follow_float32(name, dtype, tolerance):
-    reference, _ = trajectories(OPTIMIZERS[name], OPTIMIZERS[name], steps=20, dtype=torch.float32)
-    ours, _ = trajectories(OPTIMIZERS[name], OPTIMIZERS[name], steps=20, dtype=dtype)
-    for x, y in zip(reference, ours):
-        assert y.dtype == dtype
-        torch.testing.assert_close(y.float(), x, rtol=tolerance, atol=tolerance)
+@pytest.mark.parametrize("cls", [ComplexMomentum, ComplexAdam])
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-5), (torch.bfloat16, 0.15)])
+def test_dtypes_follow_float32(cls, dtype, bound):
+    """In float64 and bfloat16 the trajectory stays closer to the float32 one than real momentum
+    (angle 0) is, by the factor ``bound``: the dtype's rounding must not wash out the complex part."""
+    def make(angle):
+        return lambda params: cls(params, lr=0.05, angle=angle)
+
+    reference, _ = trajectories(make(0.5), make(0.5), steps=30)
+    real, _ = trajectories(make(0.0), make(0.0), steps=30)
+    ours, _ = trajectories(make(0.5), make(0.5), steps=30, dtype=dtype)
+    assert all(y.dtype == dtype for y in ours)
+    error = sum(float((y.detach().float() - x.detach()).norm()) ** 2 for x, y in zip(reference, ours)) ** 0.5
+    gap = sum(float((r.detach() - x.detach()).norm()) ** 2 for x, r in zip(reference, real)) ** 0.5
+    assert error < bound * gap, (error, gap)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
