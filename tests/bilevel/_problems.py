@@ -54,3 +54,20 @@ class LeastSquares(BilevelProblem):
         w = self.solution(outer)
         jac = torch.linalg.pinv(self.A) @ self.B
         return jac.T @ self.C.T @ (self.C @ w - self.c) + self.ridge * outer
+
+
+class MinibatchLeastSquares(LeastSquares):
+    """``LeastSquares`` whose inner steps each see a random subset of the equations (the generator's
+    draws shape the trajectory, so a resume that lost the generator's state would diverge)."""
+
+    def __init__(self, batch_size=3, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+
+    def inner_batch(self, generator):
+        return torch.randperm(self.n, generator=generator)[: self.batch_size]
+
+    def inner_loss(self, params, outer_params, batch=None):
+        rows = slice(None) if batch is None else batch
+        residual = self.A[rows] @ params[0] - self.B[rows] @ outer_params[0]
+        return residual.pow(2).sum() / (2 * len(residual))

@@ -9,16 +9,18 @@ import pytest
 import torch
 
 from metaopt.bilevel import BilevelLoop, ImplicitCG, Unroll
-from tests.bilevel._problems import LeastSquares
+from tests.bilevel._problems import LeastSquares, MinibatchLeastSquares
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("mode", ["cold_start", "warm_start"])
 def test_resume_is_exact(mode, tmp_path):
-    def make():
-        return BilevelLoop(LeastSquares(), optimizer=functools.partial(torch.optim.Adam, lr=0.05), mode=mode,
-                           hypergradient=Unroll(), outer_steps=6, inner_steps=10)
+    """Minibatched inner steps: the resumed loop must also continue the generator's stream."""
+    def make(seed=0):
+        return BilevelLoop(MinibatchLeastSquares(), optimizer=functools.partial(torch.optim.Adam, lr=0.05),
+                           mode=mode, hypergradient=Unroll(), outer_steps=6, inner_steps=10,
+                           generator=torch.Generator().manual_seed(seed))
 
     reference = make()
     for _ in range(6):
@@ -34,6 +36,10 @@ def test_resume_is_exact(mode, tmp_path):
         resumed.step()
     assert torch.equal(resumed.outer_params[0], reference.outer_params[0])
     assert torch.equal(resumed.state.params[0], reference.state.params[0])
+    other_stream = make(seed=1)  # the minibatches matter: another stream ends elsewhere
+    for _ in range(6):
+        other_stream.step()
+    assert not torch.allclose(other_stream.outer_params[0], reference.outer_params[0])
 
 
 def test_cold_start_outer_loop_reaches_the_closed_form_optimum():
