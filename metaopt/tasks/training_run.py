@@ -15,6 +15,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
+from metaopt.optim._compiled import CompiledStep
 from metaopt.optim.functional import FUNCTIONAL, resolve
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.unrolled.problem import ParticleState, UnrolledProblem, where_particles
@@ -50,12 +51,19 @@ class TrainingRun(UnrolledProblem):
     particles are trained at once with ``torch.func.vmap`` over ``functional_call``; every inner
     problem starts from the same ``s_0`` (weights initialised with ``init_seed``, fresh optimizer state).
     Minibatches are drawn with replacement, one per data stream and step.
+
+    ``compile=True`` runs each inner step of the ES estimators (gradient, update and meta-loss of all
+    particles) through ``torch.compile``, which fuses the elementwise work around the batched matmuls
+    (bias, activation, their backward, the optimizer update): the first truncation compiles, once per
+    particle count (seconds to a minute on a CPU), and if compiling fails the steps run eagerly, with a
+    warning. TBPTT, which differentiates through the steps, and ``evaluate_many`` always run eagerly.
     """
 
     def __init__(self, task: SupervisedTask, optimizer: str | Callable = "sgd",
                  tuned: Mapping[str, float] | None = None, schedule: str = "constant",
                  per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 1000,
-                 meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0):
+                 meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0,
+                 compile: bool = False):
         name, optimizer_fixed = resolve(optimizer)
         tuned = dict(tuned if tuned is not None else {"lr": 0.01})
         fixed = {**optimizer_fixed, **dict(fixed or {})}
@@ -117,6 +125,7 @@ class TrainingRun(UnrolledProblem):
         self._losses = vmap(self._loss_one)
         self._gradients = vmap(grad_and_value(self._loss_one))
         self._update = vmap(self._update_one)
+        self._compiled_step = CompiledStep(self._step) if compile else None
 
     @property
     def theta_names(self) -> list[str]:
@@ -194,6 +203,14 @@ class TrainingRun(UnrolledProblem):
         params, opt = self._update(tuple(params), grads, opt, hyper)
         return params, opt, loss
 
+    def _step(self, params, opt, hyper, inputs, targets, meta_inputs, meta_targets):
+        """One inner step of every particle, the unit that ``compile=True`` compiles: the training step,
+        then the meta-loss on ``meta_inputs`` (None: the training loss before the update)."""
+        params, opt, meta = self._train_step(params, opt, hyper, inputs, targets)
+        if meta_inputs is not None:
+            meta = self.particle_losses(params, meta_inputs, meta_targets)
+        return params, opt, meta
+
     def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor,
                  num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Minibatches (N, B, …) of ``split``: one per data stream, each particle reading its stream's.
@@ -221,9 +238,14 @@ class TrainingRun(UnrolledProblem):
         return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
 
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
-        return self._run(state, theta, num_steps, generator, streams, num_streams, reset=True)
+        step_function = self._step
+        if self._compiled_step is not None and not torch.is_grad_enabled():
+            step_function = self._compiled_step
+        return self._run(state, theta, num_steps, generator, streams, num_streams, reset=True,
+                         step_function=step_function)
 
-    def _run(self, state, theta, num_steps, generator, streams, num_streams, reset):
+    def _run(self, state, theta, num_steps, generator, streams, num_streams, reset, step_function=None):
+        step_function = step_function or self._step
         step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
         fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
         losses, resets = [], []
@@ -233,9 +255,7 @@ class TrainingRun(UnrolledProblem):
             if self.meta_split == "val":
                 meta_inputs, meta_targets = self._batches("val", generator, streams, num_streams)
             hyper = self.hyperparameters(theta, step)
-            params, opt, meta = self._train_step(params, opt, hyper, inputs, targets)
-            if meta_inputs is not None:
-                meta = self.particle_losses(params, meta_inputs, meta_targets)
+            params, opt, meta = step_function(params, opt, hyper, inputs, targets, meta_inputs, meta_targets)
             losses.append(meta)
             step = step + 1
             done = step >= self.horizon

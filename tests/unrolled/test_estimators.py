@@ -253,3 +253,39 @@ def test_training_run_maps_torch_optimizer_configs(digits_task):
         TrainingRun(digits_task, "sgd", tuned={"betas": 0.9})
     with pytest.raises(ValueError, match="tuned.momentum"):
         TrainingRun(digits_task, "sgd", tuned={"lr": 0.1, "momentum": 1.0})
+
+
+def _pes_estimates(problem, truncations=4):
+    pes = PES(problem, 8, sigma=0.1, truncation_length=5, seed=0)
+    return torch.stack([pes.estimate(problem.initial_theta())[0] for _ in range(truncations)])
+
+
+def test_training_run_compiled_step_matches_eager(digits_task):
+    """compile=True (slow: one compile) gives the eager estimates, resets included, from compiled code."""
+    eager = _pes_estimates(_training_run(digits_task, horizon=10))
+    problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=10,
+                          compile=True)
+    compiled = _pes_estimates(problem)
+    assert not problem._compiled_step.failed  # compiled, not the eager fallback
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=2e-5)
+
+
+def test_training_run_runs_eagerly_when_compiling_fails_and_under_tbptt(digits_task, monkeypatch):
+    def failing_compile(step, **options):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+
+    def compiled_run():
+        return TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
+                           horizon=10, compile=True)
+
+    problem = compiled_run()
+    TBPTT(problem, 2, truncation_length=5).estimate(problem.initial_theta())
+    assert problem._compiled_step._compiled is None  # TBPTT differentiates through eager steps
+    with pytest.warns(UserWarning, match="failed .RuntimeError: no C.. compiler.; running the eager"):
+        fallback = _pes_estimates(problem)
+    assert problem._compiled_step.failed
+    assert torch.equal(fallback, _pes_estimates(_training_run(digits_task, horizon=10)))
