@@ -55,8 +55,9 @@ class TrainingRun(UnrolledProblem):
     ``compile=True`` runs each inner step of the ES estimators (gradient, update and meta-loss of all
     particles) through ``torch.compile``, which fuses the elementwise work around the batched matmuls
     (bias, activation, their backward, the optimizer update): the first truncation compiles, once per
-    particle count (seconds to a minute on a CPU), and if compiling fails the steps run eagerly, with a
-    warning. TBPTT, which differentiates through the steps, and ``evaluate_many`` always run eagerly.
+    instance and particle count (seconds to a minute on a CPU), and if compiling fails the steps run
+    eagerly, with a warning. TBPTT, which differentiates through the steps, and ``evaluate_many`` always
+    run eagerly.
     """
 
     def __init__(self, task: SupervisedTask, optimizer: str | Callable = "sgd",
