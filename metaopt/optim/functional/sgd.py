@@ -53,8 +53,8 @@ def sgd(
             direction, buf = g, buf
         else:
             # torch.optim.SGD seeds the buffer with the first gradient (no dampening on step 1). The buffer
-            # starts at zero (sgd_init), so zeroing μ and τ on the first step does the same with two scalar
-            # ``where``s instead of one over every element: ``b ← μ'b + (1−τ')g`` in one fused pass.
+            # is finite there (zero from sgd_init), so zeroing μ and τ on the first step does the same with
+            # two scalar ``where``s instead of one over every element: ``b ← μ'b + (1−τ')g``, one fused pass.
             keep = torch.where(first, 0.0, _as_tensor(mu, buf))
             if isinstance(tau, (int, float)) and tau == 0:
                 fresh = g
