@@ -211,6 +211,17 @@ def test_training_run_particle_losses_match_the_task_loss(digits_task):
         torch.testing.assert_close(losses[i], expected)
 
 
+def test_training_run_particles_read_their_streams_minibatches(digits_task):
+    problem = _training_run(digits_task)
+    streams = torch.tensor([2, 0, 1, 2, 0, 1])
+    inputs, targets = problem._batches("train", torch.Generator().manual_seed(5), streams, 3)
+    data = digits_task.data.train
+    index = torch.randint(len(data.inputs), (3, 64), generator=torch.Generator().manual_seed(5))
+    for particle, stream in enumerate(streams):
+        assert torch.equal(inputs[particle], data.inputs[index[stream]])
+        assert torch.equal(targets[particle], data.targets[index[stream]])
+
+
 def test_training_run_matches_torch_sgd_with_its_schedule(digits_task):
     """One particle of the vectorized TrainingRun trains as torch.optim.SGD with lr_t set at each step."""
     problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
