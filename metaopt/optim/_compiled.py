@@ -1,10 +1,12 @@
-"""The ``fused=True`` step of the complex optimizers: one pass over all tensors of a group, by a C kernel on
-CPU (``_cpu_kernels``) and by a multi-tensor update compiled once with ``torch.compile`` elsewhere."""
+"""Steps compiled once with ``torch.compile`` (``TrainingRun(compile=True)``, and the ``fused=True`` complex
+optimizers off CPU), and the ``fused=True`` step itself: one pass over all tensors of a group, by a C
+kernel on CPU (``_cpu_kernels``) and by a compiled multi-tensor update elsewhere."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -14,20 +16,20 @@ __all__ = ["CompiledStep", "FusedStep", "write_back"]
 
 
 class CompiledStep:
-    """Call ``torch.compile(update)``; if compiling fails (no C++ compiler, unsupported platform),
-    warn once and run ``update`` eagerly from then on.
+    """Call ``torch.compile(update)`` and return its result; if compiling fails (no C++ compiler,
+    unsupported platform), warn once and run ``update`` eagerly from then on.
 
-    ``update`` mutates its tensor lists in place and reads its hyperparameters from a 1-d tensor, so
-    new learning rates (schedulers) do not trigger recompilation; new shapes (another param group)
-    compile once more, up to dynamo's cache limit.
+    The fused optimizers' ``update`` mutates its tensor lists in place and reads its hyperparameters
+    from a 1-d tensor, so new learning rates (schedulers) do not trigger recompilation; new shapes
+    (another param group, another number of particles) compile once more, up to dynamo's cache limit.
     """
 
-    def __init__(self, update: Callable[..., None]):
+    def __init__(self, update: Callable[..., Any]):
         self.update = update
-        self._compiled: Callable[..., None] | None = None
+        self._compiled: Callable[..., Any] | None = None
         self.failed = False
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *args) -> Any:
         if not self.failed:
             if self._compiled is None:
                 self._compiled = torch.compile(self.update, fullgraph=True, dynamic=False)
@@ -36,7 +38,7 @@ class CompiledStep:
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.failed = True
                 warnings.warn(f"torch.compile of {self.update.__name__} failed ({type(error).__name__}: "
-                              f"{error}); running the eager multi-tensor update instead", stacklevel=3)
+                              f"{error}); running the eager version instead", stacklevel=3)
         return self.update(*args)
 
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
+from metaopt.optim._compiled import CompiledStep
 from metaopt.optim.functional import FUNCTIONAL, resolve
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.unrolled.problem import ParticleState, UnrolledProblem, where_particles
@@ -50,12 +51,20 @@ class TrainingRun(UnrolledProblem):
     particles are trained at once with ``torch.func.vmap`` over ``functional_call``; every inner
     problem starts from the same ``s_0`` (weights initialised with ``init_seed``, fresh optimizer state).
     Minibatches are drawn with replacement, one per data stream and step.
+
+    ``compile=True`` runs each inner step of the ES estimators (gradient, update and meta-loss of all
+    particles) through ``torch.compile``, which fuses the elementwise work around the batched matmuls
+    (bias, activation, their backward, the optimizer update): the first truncation compiles, once per
+    instance and particle count (seconds to a minute on a CPU), and if compiling fails the steps run
+    eagerly, with a warning. TBPTT, which differentiates through the steps, and ``evaluate_many`` always
+    run eagerly.
     """
 
     def __init__(self, task: SupervisedTask, optimizer: str | Callable = "sgd",
                  tuned: Mapping[str, float] | None = None, schedule: str = "constant",
                  per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 1000,
-                 meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0):
+                 meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0,
+                 compile: bool = False):
         name, optimizer_fixed = resolve(optimizer)
         tuned = dict(tuned if tuned is not None else {"lr": 0.01})
         fixed = {**optimizer_fixed, **dict(fixed or {})}
@@ -114,7 +123,10 @@ class TrainingRun(UnrolledProblem):
         self._theta0 = torch.tensor(theta0, device=self.device)
         self._names = names
         self._forward = vmap(self._forward_one)
+        self._losses = vmap(self._loss_one)
+        self._gradients = vmap(grad_and_value(self._loss_one))
         self._update = vmap(self._update_one)
+        self._compiled_step = CompiledStep(self._step) if compile else None
 
     @property
     def theta_names(self) -> list[str]:
@@ -163,42 +175,59 @@ class TrainingRun(UnrolledProblem):
         params, opt_state = update(params, grads, tree_unflatten(list(opt_leaves), self._opt_spec), **hyper)
         return params, tuple(tree_flatten(opt_state)[0])
 
-    def particle_losses(self, params: Sequence[torch.Tensor], inputs: torch.Tensor,
-                        targets: torch.Tensor) -> torch.Tensor:
-        """``task.loss`` of every particle (N,) on its own minibatch (N, B, …), with fused kernels."""
-        outputs = self._forward(tuple(params), inputs)
-        num_particles, batch = outputs.shape[:2]
+    def _loss_one(self, params: tuple[torch.Tensor, ...], inputs: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor:
+        """``task.loss`` of one particle on its minibatch (vmapped over the particles)."""
+        outputs = self._forward_one(params, inputs)
         if self.task.kind == "classification":
             # Cross-entropy with the class axis first: log_softmax over a short last axis (10 classes)
-            # is several times slower on CPU than over the long leading one.
-            log_probs = F.log_softmax(outputs.flatten(0, 1).T, dim=0)
-            per_example = -log_probs.gather(0, targets.flatten(0, 1)[None])[0]
-            return per_example.view(num_particles, batch).mean(1)
-        squared = (outputs.reshape(targets.shape) - targets) ** 2
-        return 0.5 * squared.reshape(num_particles, -1).mean(1)
+            # is several times slower on CPU than over the long batch axis.
+            log_probs = F.log_softmax(outputs.T, dim=0)
+            return -log_probs.gather(0, targets[None]).mean()
+        return 0.5 * ((outputs.reshape(targets.shape) - targets) ** 2).mean()
+
+    def particle_losses(self, params: Sequence[torch.Tensor], inputs: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+        """``task.loss`` of every particle (N,) on its own minibatch (N, B, …)."""
+        return self._losses(tuple(params), inputs, targets)
 
     def _train_step(self, params, opt, hyper, inputs, targets):
-        """One step of every particle: per-particle gradients of the summed losses, then the vmapped update.
+        """One step of every particle: its gradient (``vmap`` of ``torch.func.grad``), then the vmapped update.
 
-        The particles' graphs are independent, so ``∂(Σ_j L_j)/∂params_i = ∂L_i/∂params_i``. When grad
-        mode is on (TBPTT), the gradients keep their graph so that θ's effect flows through the update.
+        ``vmap(grad)`` differentiates each particle's loss with the unbatched backward formulas, which
+        return the weight gradients in the weights' own (contiguous) layout and pick the cheaper matmul
+        for them; batched autograd through the vmapped forward returns them transposed (``bmm``'s
+        backward), so that every elementwise op of the update mixes two layouts. When grad mode is on
+        (TBPTT), the gradients keep their graph so that θ's effect flows through the update.
         """
-        differentiable = torch.is_grad_enabled()
-        with torch.enable_grad():
-            leaves = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
-            loss = self.particle_losses(leaves, inputs, targets)
-            grads = torch.autograd.grad(loss.sum(), leaves, create_graph=differentiable)
-        if not differentiable:
-            leaves, loss = [p.detach() for p in leaves], loss.detach()
-        params, opt = self._update(tuple(leaves), grads, opt, hyper)
+        grads, loss = self._gradients(tuple(params), inputs, targets)
+        params, opt = self._update(tuple(params), grads, opt, hyper)
         return params, opt, loss
+
+    def _step(self, params, opt, hyper, inputs, targets, meta_inputs, meta_targets):
+        """One inner step of every particle, the unit that ``compile=True`` compiles: the training step,
+        then the meta-loss on ``meta_inputs`` (None: the training loss before the update)."""
+        params, opt, meta = self._train_step(params, opt, hyper, inputs, targets)
+        if meta_inputs is not None:
+            meta = self.particle_losses(params, meta_inputs, meta_targets)
+        return params, opt, meta
 
     def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor,
                  num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatches (N, B, …) of ``split``: one per data stream, each particle reading its stream's.
+
+        Each stream's examples are gathered once (antithetic partners share them) with ``index_select``
+        on the flattened indices, several times faster on CPU than advanced indexing with an (N, B)
+        index; the particles then copy whole minibatches."""
         inputs, targets = getattr(self.task.data, split)
         index = torch.randint(len(inputs), (num_streams, self.batch_size), generator=generator)
-        index = index.to(self.device)[streams]
-        return inputs[index], targets[index]
+        index = index.to(self.device).flatten()
+
+        def per_particle(data):
+            per_stream = data.index_select(0, index).view(num_streams, self.batch_size, *data.shape[1:])
+            return per_stream.index_select(0, streams)
+
+        return per_particle(inputs), per_particle(targets)
 
     def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
         if steps is None:
@@ -210,9 +239,14 @@ class TrainingRun(UnrolledProblem):
         return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
 
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
-        return self._run(state, theta, num_steps, generator, streams, num_streams, reset=True)
+        step_function = self._step
+        if self._compiled_step is not None and not torch.is_grad_enabled():
+            step_function = self._compiled_step
+        return self._run(state, theta, num_steps, generator, streams, num_streams, reset=True,
+                         step_function=step_function)
 
-    def _run(self, state, theta, num_steps, generator, streams, num_streams, reset):
+    def _run(self, state, theta, num_steps, generator, streams, num_streams, reset, step_function=None):
+        step_function = step_function or self._step
         step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
         fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
         losses, resets = [], []
@@ -222,9 +256,7 @@ class TrainingRun(UnrolledProblem):
             if self.meta_split == "val":
                 meta_inputs, meta_targets = self._batches("val", generator, streams, num_streams)
             hyper = self.hyperparameters(theta, step)
-            params, opt, meta = self._train_step(params, opt, hyper, inputs, targets)
-            if meta_inputs is not None:
-                meta = self.particle_losses(params, meta_inputs, meta_targets)
+            params, opt, meta = step_function(params, opt, hyper, inputs, targets, meta_inputs, meta_targets)
             losses.append(meta)
             step = step + 1
             done = step >= self.horizon

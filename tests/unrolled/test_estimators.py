@@ -221,6 +221,17 @@ def test_training_run_particle_losses_match_the_task_loss(digits_task):
         torch.testing.assert_close(losses[i], expected)
 
 
+def test_training_run_particles_read_their_streams_minibatches(digits_task):
+    problem = _training_run(digits_task)
+    streams = torch.tensor([2, 0, 1, 2, 0, 1])
+    inputs, targets = problem._batches("train", torch.Generator().manual_seed(5), streams, 3)
+    data = digits_task.data.train
+    index = torch.randint(len(data.inputs), (3, 64), generator=torch.Generator().manual_seed(5))
+    for particle, stream in enumerate(streams):
+        assert torch.equal(inputs[particle], data.inputs[index[stream]])
+        assert torch.equal(targets[particle], data.targets[index[stream]])
+
+
 def test_training_run_matches_torch_sgd_with_its_schedule(digits_task):
     """One particle of the vectorized TrainingRun trains as torch.optim.SGD with lr_t set at each step."""
     problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
@@ -263,3 +274,39 @@ def test_training_run_maps_torch_optimizer_configs(digits_task):
         TrainingRun(digits_task, "sgd", tuned={"betas": 0.9})
     with pytest.raises(ValueError, match="tuned.momentum"):
         TrainingRun(digits_task, "sgd", tuned={"lr": 0.1, "momentum": 1.0})
+
+
+def _pes_estimates(problem, truncations=4):
+    pes = PES(problem, 8, sigma=0.1, truncation_length=5, seed=0)
+    return torch.stack([pes.estimate(problem.initial_theta())[0] for _ in range(truncations)])
+
+
+def test_training_run_compiled_step_matches_eager(digits_task):
+    """compile=True (slow: one compile) gives the eager estimates, resets included, from compiled code."""
+    eager = _pes_estimates(_training_run(digits_task, horizon=10))
+    problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=10,
+                          compile=True)
+    compiled = _pes_estimates(problem)
+    assert not problem._compiled_step.failed  # compiled, not the eager fallback
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=2e-5)
+
+
+def test_training_run_runs_eagerly_when_compiling_fails_and_under_tbptt(digits_task, monkeypatch):
+    def failing_compile(step, **options):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+
+    def compiled_run():
+        return TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
+                           horizon=10, compile=True)
+
+    problem = compiled_run()
+    TBPTT(problem, 2, truncation_length=5).estimate(problem.initial_theta())
+    assert problem._compiled_step._compiled is None  # TBPTT differentiates through eager steps
+    with pytest.warns(UserWarning, match="failed .RuntimeError: no C.. compiler.; running the eager"):
+        fallback = _pes_estimates(problem)
+    assert problem._compiled_step.failed
+    assert torch.equal(fallback, _pes_estimates(_training_run(digits_task, horizon=10)))
