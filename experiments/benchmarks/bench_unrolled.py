@@ -8,8 +8,9 @@ SGD core, unbatched), in the same process; the unbatched training step is a plai
 first truncation compiles the step (its duration is reported). Every figure is a median over
 repetitions after a warm-up, and the rows of a table are measured in alternation, so that load on a
 shared machine hits them alike.
-Target: vectorized ≥ 10× the loop at 256 particles. With 2 processes (gloo, one thread each) the
-particles are split across ranks. Run alone: ``python -m experiments.benchmarks.bench_unrolled [--quick]``.
+Target: vectorized ≥ 10× the loop at 256 particles, with torch's default threads (every core, as a
+run uses them); the throughput table is repeated with one thread. With 2 processes (gloo, one thread
+each) the particles are split across ranks. Run alone: ``python -m experiments.benchmarks.bench_unrolled [--quick]``.
 """
 
 from __future__ import annotations
@@ -142,8 +143,11 @@ def _unbatched_steps(problem: TrainingRun) -> Callable[[], None]:
     return lambda: [step() for _ in range(20)]
 
 
-def _device_tables(device: str, quick: bool) -> list[dict]:
+def _device_tables(device: str, quick: bool, scaling: bool = True) -> list[dict]:
     problem = _problem(device)
+    threads = torch.get_num_threads()
+    where = f"{device}, {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else device
+    target = f"≥ {TARGET:.0f}×" if scaling else "(at every core)"
     reps = 3 if quick else 7
     compiled_truncation = _vectorized_truncation(_problem(device, compile=True), 256)
     began = time.perf_counter()
@@ -158,18 +162,18 @@ def _device_tables(device: str, quick: bool) -> list[dict]:
     step = seconds["unbatched"] / 20
     particle_step, compiled_step = 1.0 / vectorized, 1.0 / compiled
     tables = [{
-        "title": f"PES particle throughput, digits_mlp TrainingRun, 256 particles ({device})",
+        "title": f"PES particle throughput, digits_mlp TrainingRun, 256 particles ({where})",
         "columns": ["implementation", "particle-steps / s", "ratio vs Python loop", "target"],
         "rows": [["Python loop over particles", f"{loop:.0f}", "1.00×", ""],
                  ["vectorized (vmap of torch.func.grad)", f"{vectorized:.0f}", f"{vectorized / loop:.1f}×",
-                  f"≥ {TARGET:.0f}×"],
+                  target],
                  ["vectorized, compiled step (TrainingRun(compile=True))", f"{compiled:.0f}",
-                  f"{compiled / loop:.1f}×", f"≥ {TARGET:.0f}×"]],
+                  f"{compiled / loop:.1f}×", target]],
         "notes": f"K={K} steps per truncation; one particle-step = minibatch gradient, SGD-momentum update, "
                  f"validation-minibatch meta-loss. The compiled step's first truncation (compiling) took "
                  f"{compile_seconds:.0f} s.",
     }, {
-        "title": f"Cost of one vectorized particle-step vs one unbatched training step ({device})",
+        "title": f"Cost of one vectorized particle-step vs one unbatched training step ({where})",
         "columns": ["step", "microseconds", "ratio vs unbatched step"],
         "rows": [["unbatched nn.Module + torch.optim.SGD step (+ val forward)", f"{step * 1e6:.0f}", "1.00"],
                  ["one particle-step inside PES with 256 particles", f"{particle_step * 1e6:.0f}",
@@ -177,13 +181,15 @@ def _device_tables(device: str, quick: bool) -> list[dict]:
                  ["the same, compiled step", f"{compiled_step * 1e6:.0f}", f"{compiled_step / step:.2f}"]],
         "notes": "The vectorized step also computes the per-particle hyperparameters and reset bookkeeping.",
     }]
+    if not scaling:
+        return tables
     counts = [16, 64, 256] if quick else [16, 64, 256, 1024]
     if device == "cuda" and not quick:
         counts.append(4096)
     seconds = _interleaved({n: _vectorized_truncation(problem, n) for n in counts}, device, reps)
     throughputs = [n * K / seconds[n] for n in counts]
     tables.append({
-        "title": f"PES throughput against the number of particles ({device})",
+        "title": f"PES throughput against the number of particles ({where})",
         "columns": ["particles", "particle-steps / s", "ratio vs 16 particles"],
         "rows": [[n, f"{t:.0f}", f"{t / throughputs[0]:.2f}×"] for n, t in zip(counts, throughputs)],
         "notes": "One process; throughput saturates once the batched matmuls fill the device.",
@@ -198,9 +204,9 @@ def _free_port() -> int:
 
 
 def _distributed_worker(rank: int, world_size: int, port: int, num_particles: int, reps: int,
-                        out: str) -> None:
+                        out: str, threads: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         problem = _problem("cpu")
@@ -220,33 +226,38 @@ def _distributed_worker(rank: int, world_size: int, port: int, num_particles: in
 
 def _processes_table(quick: bool) -> dict:
     num_particles, reps = 256, 3 if quick else 7
-    seconds = {}
+    cores = os.cpu_count() or 1
+    runs = {(1, 1): None, (1, cores): None, (2, 1): None}  # (processes, threads per process)
     with tempfile.TemporaryDirectory() as folder:
-        for world_size in (1, 2):
-            out = str(Path(folder) / f"world{world_size}.txt")
-            mp.start_processes(_distributed_worker, args=(world_size, _free_port(), num_particles, reps, out),
+        for world_size, threads in runs:
+            out = str(Path(folder) / f"world{world_size}-threads{threads}.txt")
+            mp.start_processes(_distributed_worker,
+                               args=(world_size, _free_port(), num_particles, reps, out, threads),
                                nprocs=world_size, start_method="spawn")
-            seconds[world_size] = float(Path(out).read_text())
-    rows = [[w, f"{num_particles * K / s:.0f}", f"{seconds[1] / s:.2f}×"] for w, s in seconds.items()]
+            runs[world_size, threads] = float(Path(out).read_text())
+    base = runs[1, 1]
+    rows = [[w, t, f"{num_particles * K / s:.0f}", f"{base / s:.2f}×"] for (w, t), s in runs.items()]
     return {
         "title": f"PES on digits_mlp, {num_particles} particles: torch.distributed processes (gloo, CPU)",
-        "columns": ["processes", "particle-steps / s", "speedup vs 1 process"],
+        "columns": ["processes", "threads each", "particle-steps / s", "speedup vs 1 process, 1 thread"],
         "rows": rows,
-        "notes": f"One thread per process; {os.cpu_count()} CPU cores on this machine (maybe shared).",
+        "notes": f"{cores} CPU cores on this machine (maybe shared); torchrun's speedup over one process "
+                 "using every core is the ratio of the last two rows.",
     }
 
 
 def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
     tables = []
     if "cpu" in devices:
+        tables += _device_tables("cpu", quick)  # every core, as a run uses them
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            tables += _device_tables("cpu", quick)
-            tables.append(_processes_table(quick))
-        finally:
-            torch.set_num_threads(threads)
+        if threads > 1:  # and one thread, where vectorizing gains only what batching saves
+            torch.set_num_threads(1)
+            try:
+                tables += _device_tables("cpu", quick, scaling=False)[:1]
+            finally:
+                torch.set_num_threads(threads)
+        tables.append(_processes_table(quick))
     if "cuda" in devices and torch.cuda.is_available():
         tables += _device_tables("cuda", quick)
     return tables
-
