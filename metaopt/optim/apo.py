@@ -546,7 +546,9 @@ class APO(torch.optim.Optimizer):
         self._check_ready(model)
         self._pending_directions = self._base_directions(keep_state=True)
         q = self._objective(model, batch, fresh_inputs, loss_fn, self._pending_directions)
-        self.meta_optimizer.zero_grad(set_to_none=True)
+        for group in self._meta_params:  # the meta-optimizer's zero_grad(set_to_none=True), minus its wrapper
+            for t in group:
+                t.grad = None
         self._last_q = float(q.detach())
         if math.isfinite(self._last_q):  # a lookahead that overflowed says nothing about φ: keep it
             q.backward()
@@ -564,7 +566,7 @@ class APO(torch.optim.Optimizer):
             self._warned_no_meta_step = True
         self._num_steps += 1
         if self.mode == "lr" and self._pending_directions is None:
-            return self.base.step(closure)
+            return self._base_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -573,6 +575,16 @@ class APO(torch.optim.Optimizer):
             self._pending_directions = self._base_directions(keep_state=True)
         self._apply_pending_directions()
         return loss
+
+    def _base_step(self, closure: Callable[[], torch.Tensor] | None):
+        """``self.base.step(closure)``, without torch's per-call profiling and hook wrapper where nothing is
+        hooked to the base: ``APO.step`` already runs inside that wrapper (profiler range, step hooks), and
+        a second one costs a few percent of a small model's step."""
+        base, step = self.base, type(self.base).step
+        if (getattr(step, "hooked", False) and hasattr(step, "__wrapped__") and "step" not in vars(base)
+                and not base._optimizer_step_pre_hooks and not base._optimizer_step_post_hooks):
+            return step.__wrapped__(base, closure)
+        return base.step(closure)
 
     @torch.no_grad()
     def _apply_pending_directions(self) -> None:

@@ -460,6 +460,26 @@ def test_bfloat16_params_get_float32_factors_that_record_small_meta_updates():
     assert all(p.dtype == torch.bfloat16 and not torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
+def test_step_hooks_fire_on_apo_and_on_a_hooked_base():
+    """APO skips the base's per-call wrapper only while nothing is hooked to the base."""
+    model = nn.Linear(3, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), meta_interval=100)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("apo"))
+    inputs, targets = torch.randn(4, 3), torch.randn(4, 2)
+    for hooked_base in (False, True):
+        if hooked_base:
+            opt.base.register_step_post_hook(lambda *_: calls.append("base"))
+        _half_mse(model(inputs), targets).backward()
+        opt.meta_step(model, (inputs, targets), inputs, _half_mse)
+        before = model.weight.detach().clone()
+        opt.step()
+        assert not torch.equal(model.weight, before)
+        _half_mse(model(inputs), targets).backward()
+        opt.step()  # not a meta-step: the base's own step
+    assert calls == ["apo", "apo", "apo", "base", "apo", "base"]
+
+
 def test_a_model_that_does_not_own_the_params_is_refused():
     model, other = nn.Linear(2, 1), nn.Linear(2, 1)
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
