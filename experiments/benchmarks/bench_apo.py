@@ -2,13 +2,15 @@
 
 A run is ``steps`` minibatch steps of a ``digits_mlp``-shaped task (sample a batch, forward,
 backward, step; APO adds its meta-step on a fresh batch every ``meta_interval = 10`` steps), as
-``outer=apo`` runs it. Configurations are timed interleaved, after a warm-up; the fastest of several
-repetitions is reported (the least disturbed by other processes). On CUDA, a larger MLP adds rows.
+``outer=apo`` runs it. After a warm-up, every APO run follows a run of its base (a pair); the ratio
+is the median of the pairs' ratios, the ms/step the fastest run of each (the least disturbed by other
+processes). On CUDA, a larger MLP adds rows.
 """
 
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import torch
@@ -53,23 +55,32 @@ def _table(title: str, task: SupervisedTask, steps: int, repeats: int, notes: st
         configs[(name, "APO-Precond")] = functools.partial(APO, base=base, mode="precond", divergence="kl")
     for make in configs.values():  # warm-up: allocator, kernels, first-call overheads
         _train_seconds(task, make, max(steps // 10, 20))
+    # Paired runs: every APO run right after a run of its base, so that the slow drifts of a shared
+    # machine's speed hit both sides of a ratio alike; the ratio is the median of the pairs' ratios.
     times: dict = {key: [] for key in configs}
+    ratios: dict = {key: [] for key in configs}
     for _ in range(repeats):
-        for key, make in configs.items():
-            times[key].append(_train_seconds(task, make, steps))
+        for name in bases:
+            for variant in ("APO-LR", "APO-Precond"):
+                base_seconds = _train_seconds(task, configs[(name, "base")], steps)
+                seconds = _train_seconds(task, configs[(name, variant)], steps)
+                times[(name, "base")].append(base_seconds)
+                times[(name, variant)].append(seconds)
+                ratios[(name, variant)].append(seconds / base_seconds)
     rows = []
     for name in bases:
         base_ms = 1e3 * min(times[(name, "base")]) / steps
         for variant in ("APO-LR", "APO-Precond"):
             ms = 1e3 * min(times[(name, variant)]) / steps
             target = "≤ 1.3" if variant == "APO-LR" else "≤ 2 (aim)"
-            rows.append([variant, name, f"{base_ms:.3f}", f"{ms:.3f}", f"{ms / base_ms:.2f}×", target])
+            ratio = statistics.median(ratios[(name, variant)])
+            rows.append([variant, name, f"{base_ms:.3f}", f"{ms:.3f}", f"{ratio:.2f}×", target])
     columns = ["optimizer", "base", "base ms/step", "APO ms/step", "ratio", "target"]
     return {"title": title, "columns": columns, "rows": rows, "notes": notes}
 
 
 def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list[dict]:
-    steps, repeats = (100, 3) if quick else (300, 11)
+    steps, repeats = (100, 3) if quick else (300, 15)
     digits = data.load_digits()
     tables = []
     if "cpu" in devices:
@@ -78,9 +89,9 @@ def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list
         try:
             task = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(64,)), batch_size=64)
             tables.append(_table(f"APO on digits_mlp (CPU, 1 thread, {steps} steps)", task, steps, repeats,
-                                 "meta_interval=10, λ_FSD=0.1 (KL), meta-optimizer Adam; fastest of "
-                                 f"{repeats} interleaved runs. Each run includes batch sampling, forward and "
-                                 "backward."))
+                                 "meta_interval=10, λ_FSD=0.1 (KL), meta-optimizer Adam. ms/step: fastest of "
+                                 f"{repeats} runs; ratio: median over {repeats} pairs of an APO run right after a "
+                                 "run of its base. Each run includes batch sampling, forward and backward."))
             if not quick:  # where compute, not Python overhead, dominates a step
                 wider = SupervisedTask(digits, functools.partial(MLP, hidden_sizes=(512, 512)), batch_size=256)
                 tables.append(_table("APO on a 64-512-512-10 MLP (CPU, 1 thread, batch 256, 150 steps)", wider,
