@@ -51,12 +51,13 @@ def recorded_cuda_tables() -> str:
     """The CUDA tables last recorded on a GPU machine (``cuda/*.md``, written with ``--devices cuda``)."""
     parts = ["## CUDA rows, recorded on a GPU machine\n\nThis machine has no GPU; these tables are the last "
              "ones written by `python -m experiments.benchmarks.run --only NAME --devices cuda --output "
-             "experiments/benchmarks/cuda/NAME.md` on a machine with one (its line says which).\n"]
+             "experiments/benchmarks/cuda/NAME.md` on a machine with one (its lines say which, and when: they "
+             "measure the code of that day, not the changes made since).\n"]
     for path in sorted((HERE / "cuda").glob("*.md")):
         text = path.read_text()
-        machine_line = next((line for line in text.splitlines() if line.startswith("Machine:")), "")
+        lines = [line for line in text.splitlines() if line.startswith(("Written by", "Machine:"))]
         tables = text[text.find("### "):] if "### " in text else ""
-        parts.append(f"{machine_line}\n\n{tables}")
+        parts.append("\n\n".join(lines) + f"\n\n{tables}")
     return "\n".join(parts)
 
 
