@@ -46,6 +46,7 @@ def _kl(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 _DIVERGENCES: dict[str, Divergence] = {"mse": _mse, "kl": _kl}
+_KIND_TO_DIVERGENCE = {"regression": "mse", "classification": "kl"}
 
 
 class _Layout(NamedTuple):
@@ -57,7 +58,6 @@ class _Layout(NamedTuple):
     slots: list[tuple[nn.Module, str, int]]
     other_slots: list[tuple[nn.Module, str, torch.Tensor]]
     batch_norm: bool
-_KIND_TO_DIVERGENCE = {"regression": "mse", "classification": "kl"}
 
 
 def divergence_for(kind: str) -> str:
@@ -506,7 +506,8 @@ class APO(torch.optim.Optimizer):
             values = [p.detach() if step is None else p.detach() - _as_dtype(step, p.dtype)
                       for p, step in zip(params, steps)]
             if batch_norm:
-                lookahead = {name: p.detach() for name, p in model.named_parameters()}
+                ours = {id(p) for p in params}
+                lookahead = {name: p.detach() for name, p in model.named_parameters() if id(p) not in ours}
                 lookahead.update(zip(layout.names, values))
                 lookahead.update(buffers)
                 outputs = functional_call(model, lookahead, (inputs,))

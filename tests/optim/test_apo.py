@@ -391,22 +391,25 @@ def test_params_outside_the_optimizer_are_constants_of_the_lookahead(mode):
 class _TiedNet(nn.Module):
     """The same weight in two places (one module used twice) and a bias shared by two modules."""
 
-    def __init__(self):
+    def __init__(self, batch_norm=False):
         super().__init__()
         self.inner = nn.Linear(3, 3)
         self.head = nn.Linear(3, 3)
         self.head.bias = self.inner.bias
+        self.norm = nn.BatchNorm1d(3) if batch_norm else nn.Identity()
 
     def forward(self, x):
-        return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+        return self.head(torch.tanh(self.norm(self.inner(torch.tanh(self.inner(x))))))
 
 
-@pytest.mark.parametrize("lambda_fsd, lambda_wsd", [(0.7, 0.3), (0.0, 0.5)])
-def test_the_meta_objective_is_the_loss_of_a_copy_moved_to_the_lookahead(lambda_fsd, lambda_wsd):
+@pytest.mark.parametrize("lambda_fsd, lambda_wsd, batch_norm", [(0.7, 0.3, False), (0.0, 0.5, False),
+                                                                (0.7, 0.3, True)])
+def test_the_meta_objective_is_the_loss_of_a_copy_moved_to_the_lookahead(lambda_fsd, lambda_wsd, batch_norm):
     """Q(η) of an SGD base (d = ∇J) against a deep copy of the model set to θ − η∇J, on a model with
-    tied parameters (every place a param sits must move with it)."""
+    tied parameters (every place a param sits must move with it), with and without BatchNorm (which
+    takes the functional_call path on cloned buffers)."""
     torch.manual_seed(0)
-    model = _TiedNet().double()
+    model = _TiedNet(batch_norm).double()
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.3), lambda_fsd=lambda_fsd,
               lambda_wsd=lambda_wsd, divergence="kl")
     inputs, targets = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 3, (10,))
