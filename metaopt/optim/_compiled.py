@@ -62,11 +62,6 @@ class FusedStep:
         self.compiled = CompiledStep(update)
         self.path: str | None = None
 
-    @property
-    def failed(self) -> bool:
-        """Whether ``torch.compile`` failed and the compiled path runs eagerly."""
-        return self.compiled.failed
-
     def __call__(self, tensor_lists: list[list[torch.Tensor]], scalars: list[float]) -> None:
         if _cpu_kernels.run(self.kernel, tensor_lists, scalars):
             self.path = "cpu kernel"

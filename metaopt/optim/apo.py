@@ -470,20 +470,20 @@ class APO(torch.optim.Optimizer):
         The lookahead runs ``model`` through ``torch.func.functional_call`` on detached parameters
         and cloned buffers: neither the model, its buffers, nor the base optimizer's state change.
         """
-        self._check_ready(model)
-        return self._objective(model, batch, fresh_inputs, loss_fn, self._base_directions())
+        layout = self._check_ready(model)
+        return self._objective(model, layout, batch, fresh_inputs, loss_fn, self._base_directions())
 
-    def _check_ready(self, model: nn.Module) -> None:
-        """The clear errors, raised before the probe touches the base."""
-        self._model_layout(model)
+    def _check_ready(self, model: nn.Module) -> _Layout:
+        """The clear errors, raised before the probe touches the base; the model's layout."""
+        layout = self._model_layout(model)
         if all(p.grad is None for group in self.param_groups for p in group["params"]):
             raise RuntimeError("APO needs the gradients of the loss on `batch`: call loss.backward() before "
                                "meta_step()")
+        return layout
 
-    def _objective(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+    def _objective(self, model: nn.Module, layout: _Layout, batch: tuple[torch.Tensor, torch.Tensor],
                    fresh_inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    directions: list[torch.Tensor | None]) -> torch.Tensor:
-        layout = self._model_layout(model)
         params = [p for group in self.param_groups for p in group["params"]]
         inputs, targets = batch
         # BatchNorm mixes the examples of a batch and updates running statistics: then B and B' run
@@ -544,9 +544,9 @@ class APO(torch.optim.Optimizer):
         self._warned_no_meta_step = True
         if callable(fresh_inputs):
             fresh_inputs = fresh_inputs()
-        self._check_ready(model)
+        layout = self._check_ready(model)
         self._pending_directions = self._base_directions(keep_state=True)
-        q = self._objective(model, batch, fresh_inputs, loss_fn, self._pending_directions)
+        q = self._objective(model, layout, batch, fresh_inputs, loss_fn, self._pending_directions)
         for group in self._meta_params:  # the meta-optimizer's zero_grad(set_to_none=True), minus its wrapper
             for t in group:
                 t.grad = None
