@@ -3,7 +3,7 @@
 Adam and SGD+momentum use the best learning rate of a small grid (chosen in float32); APO-Precond
 learns per-layer Kronecker factors ``ΔW = −exp(c)·L Lᵀ D R Rᵀ`` (``D`` the base's step) from
 ``P₀ = lr·I`` with the base's usual lr, with no tuning. bfloat16 runs keep the model, data,
-gradients and APO's factors in bfloat16 (no inverse is ever taken).
+gradients and base state in bfloat16; APO keeps its factors in float32 (no inverse is ever taken).
 ``python -m experiments.apo.precond`` writes ``precond.png`` and ``precond_results.md``.
 """
 
@@ -70,7 +70,7 @@ def _plot(runs) -> None:
         smoothed = _smooth(run.losses)
         style = "-" if name.startswith("APO") else ":"
         ax.plot(run.steps[len(run.steps) - len(smoothed):], smoothed, style, color=color, label=run.label)
-    for ax, title in zip(axes, ("float32", "bfloat16 (model, data, gradients and APO's factors)")):
+    for ax, title in zip(axes, ("float32", "bfloat16 (model, data, gradients; APO's factors float32)")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("training batch loss (smoothed)")
