@@ -1,6 +1,6 @@
 """The experiment runner: ``python -m metaopt.run task=… optimizer=… outer=… logger=… seed=…``.
 
-Every object is built with ``hydra.utils.instantiate`` from ``conf/``. The runner owns what is not
+Every object is built with ``hydra.utils.instantiate`` from ``metaopt/conf/``. The runner owns what is not
 math: seeding, the progress bar, the NaN/Inf guard, logging (``metrics.jsonl``, ``summary.json``,
 plots, wandb) and atomic checkpoints with exact resume.
 """
@@ -191,7 +191,7 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
     print("\n" + "\n".join(lines) + f"\n\nrun folder: {folder}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = run(cfg, output_dir, _wandb_names(cfg))

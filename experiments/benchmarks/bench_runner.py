@@ -27,7 +27,7 @@ STEPS = 2000
 
 
 def _config(logger: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "metaopt" / "conf"), version_base="1.3"):
         return compose("config", overrides=["name=bench", f"logger={logger}", "progress=true",
                                             "task=digits_mlp", "optimizer=adam", f"outer.steps={STEPS}",
                                             "checkpoint_every=0"])

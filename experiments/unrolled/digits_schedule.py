@@ -50,7 +50,7 @@ def tune(problem: TrainingRun, estimator_class, label: str) -> tuple[torch.Tenso
 
 def main() -> None:
     torch.set_num_threads(1)
-    task = instantiate(OmegaConf.load(HERE.parents[1] / "conf/task/digits_mlp.yaml"))
+    task = instantiate(OmegaConf.load(HERE.parents[1] / "metaopt/conf/task/digits_mlp.yaml"))
     problem = TrainingRun(task, "sgd", tuned=START, schedule="linear", horizon=200)
     layered = TrainingRun(task, "sgd", tuned=START, schedule="linear", per_layer=["lr"], horizon=200)
 

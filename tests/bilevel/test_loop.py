@@ -74,7 +74,7 @@ def test_runner_writes_both_outer_losses(tmp_path, task, outer, extra):
 
     overrides = [f"task={task}", "optimizer=sgd", f"outer={outer}", "logger=none", "progress=false",
                  "name=test", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "metaopt" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     run(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

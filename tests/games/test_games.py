@@ -95,7 +95,7 @@ def test_gan_mode_coverage_metric():
 
 
 def test_game_tasks_select_the_game_loop_unless_outer_is_given():
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "metaopt" / "conf"), version_base="1.3"):
         for task in ("bilinear_game", "mixed_game", "gan_mixture"):
             assert compose("config", [f"task={task}"]).outer._target_ == "metaopt.games.GameTraining"
         explicit = compose("config", ["task=bilinear_game", "outer=none"])
@@ -108,7 +108,7 @@ def test_runner_plays_the_bilinear_game(tmp_path):
     overrides = ["task=bilinear_game", "optimizer=complex_momentum", "optimizer.lr=0.35",
                  "optimizer.momentum=0.7", "optimizer.angle=0.88", "outer.steps=200", "logger=none",
                  "progress=false", "name=bilinear"]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "metaopt" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides)
     summary = run(cfg, tmp_path)
     assert summary["distance"] < 1e-6

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from metaopt.outer import APOTraining
 from metaopt.run import run
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
 
 
 def _config(*overrides):

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from metaopt.tasks import TrainingRun
 
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "metaopt" / "conf")
 SMALL = ["outer.problem.horizon=20", "outer.estimator.truncation_length=5", "outer.steps=3",
          "outer.eval_every=0"]
 

@@ -15,7 +15,7 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="session")
 def digits_task():
-    return instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/task/digits_mlp.yaml"))
+    return instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "metaopt/conf/task/digits_mlp.yaml"))
 
 
 class LinearQuadratic(UnrolledProblem):
