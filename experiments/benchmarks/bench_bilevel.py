@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from metaopt.bilevel import ImplicitCG, InnerOptimizer, PerParameterL2, SavedTensorMeter, Unroll
-from metaopt.tasks import MLP, SupervisedTask, data
+from metaopt.bilevel import ImplicitCG, InnerOptimizer, SavedTensorMeter, Unroll
+from metaopt.tasks import MLP, PerParameterL2, SupervisedTask, data
 
 
 def _problem(device: str) -> PerParameterL2:

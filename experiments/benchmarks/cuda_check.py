@@ -82,7 +82,7 @@ JOBS = {
     "pes": ["outer=pes", "optimizer=sgd", "outer.steps=30", "outer.problem.horizon=100", "outer.eval_every=10"],
     "es_single": ["outer=es_single", "optimizer=sgd", "outer.steps=30", "outer.problem.horizon=100"],
     "bilevel_cold ift_cg": ["task=digits_distill", "task.task.device=DEVICE", "outer=bilevel_cold",
-                            "optimizer=sgd", "optimizer.lr=0.5", "outer.outer_steps=10", "outer.inner_steps=50"],
+                            "optimizer=sgd", "optimizer.lr=0.5", "outer.steps=10", "outer.inner_steps=50"],
     "bilevel_warm unroll": ["task=digits_distill", "task.task.device=DEVICE", "outer=bilevel_warm",
                             "outer/hypergradient=unroll", "optimizer=sgd", "optimizer.lr=0.5"],
 }

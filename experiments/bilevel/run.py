@@ -19,19 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from metaopt.bilevel import (  # noqa: E402
-    BilevelLoop,
-    DatasetDistillation,
-    ImplicitCG,
-    ImplicitIdentity,
-    ImplicitNeumann,
-    LearnedAugmentation,
-    PerParameterL2,
-    TruncatedUnroll,
-    Unroll,
-)
+from metaopt.bilevel import ImplicitCG, ImplicitIdentity, ImplicitNeumann, TruncatedUnroll, Unroll  # noqa: E402
+from metaopt.outer import BilevelLoop  # noqa: E402
 from metaopt.runner.report import markdown_table  # noqa: E402
-from metaopt.tasks import MLP, SupervisedTask, data  # noqa: E402
+from metaopt.tasks import MLP, DatasetDistillation, LearnedAugmentation, PerParameterL2, SupervisedTask, data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 INNER_LR = 0.5
@@ -52,7 +43,7 @@ def digits(hidden=()):
 
 def run(problem, mode, method, outer_steps, inner_steps, outer_lr, retrain_steps, inner_lr=INNER_LR):
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=inner_lr), mode=mode,
-                       hypergradient=method, outer_steps=max(outer_steps, 1), inner_steps=inner_steps,
+                       hypergradient=method, steps=max(outer_steps, 1), inner_steps=inner_steps,
                        outer_optimizer=functools.partial(torch.optim.Adam, lr=outer_lr),
                        retrain_steps=retrain_steps)
     curve = [loop.step()["outer_loss"] for _ in range(outer_steps)]

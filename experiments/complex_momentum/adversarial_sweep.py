@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.complex_momentum.common import FOLDER, markdown_table, play, rate_of  # noqa: E402
-from metaopt.games import MixedGame, spectral_radius, update_matrix  # noqa: E402
+from metaopt.games import spectral_radius, update_matrix  # noqa: E402
+from metaopt.tasks import MixedGame  # noqa: E402
 
 LRS = torch.logspace(-2, 0.5, 30, dtype=torch.float64)
 MODULI = torch.linspace(0, 0.95, 20, dtype=torch.float64)

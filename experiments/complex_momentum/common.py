@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from metaopt.games import QuadraticGame, game_step, measured_rate
+from metaopt.games import measured_rate
 from metaopt.optim import ComplexMomentum
 from metaopt.runner import report
+from metaopt.tasks import QuadraticGame, game_step
 
 FOLDER = Path(__file__).resolve().parent
 

@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.complex_momentum.common import FOLDER, markdown_table  # noqa: E402
-from metaopt.games import GameTraining, GANMixture  # noqa: E402
-from metaopt.games.gan import draw_samples  # noqa: E402
 from metaopt.optim import ComplexAdam  # noqa: E402
+from metaopt.outer import GameLoop  # noqa: E402
+from metaopt.tasks import GANMixture  # noqa: E402
+from metaopt.tasks.games.gan import draw_samples  # noqa: E402
 
 STEPS = 3000
 SEEDS = (0, 1, 2)
@@ -49,7 +50,7 @@ def main() -> None:
         results = []
         for c, seed in enumerate(SEEDS):
             torch.manual_seed(seed)
-            loop = GameTraining(game, optimizer, steps=STEPS, generator=torch.Generator().manual_seed(seed))
+            loop = GameLoop(game, optimizer, steps=STEPS, generator=torch.Generator().manual_seed(seed))
             for _ in range(STEPS):
                 loop.step()
             metrics = loop.evaluate()

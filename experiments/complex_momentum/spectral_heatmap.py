@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 from experiments.complex_momentum.common import FOLDER, markdown_table, play, rate_of  # noqa: E402
-from metaopt.games import BilinearGame, spectral_radius, update_matrix  # noqa: E402
+from metaopt.games import spectral_radius, update_matrix  # noqa: E402
+from metaopt.tasks import BilinearGame  # noqa: E402
 
 LR = 0.3
 STEPS = 600

@@ -13,9 +13,9 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from metaopt.bilevel._tree import Tensors, tree_leaves, tree_norm
+from metaopt._tree import Tensors, tree_leaves, tree_norm
 from metaopt.bilevel.inner import InnerOptimizer, InnerState
-from metaopt.bilevel.problem import BilevelProblem
+from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["Hypergradient", "HypergradientResult", "InnerDerivatives"]
 

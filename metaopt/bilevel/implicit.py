@@ -15,12 +15,12 @@ import warnings
 
 import torch
 
-from metaopt.bilevel._tree import Tensors, tree_detach, tree_leaves
+from metaopt._tree import Tensors, tree_detach, tree_leaves
 from metaopt.bilevel.hypergradient import HypergradientResult, InnerDerivatives
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning, MatVec, conjugate_gradient, neumann_series
-from metaopt.bilevel.problem import BilevelProblem
 from metaopt.checks import require
+from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["ImplicitHypergradient", "ImplicitCG", "ImplicitNeumann", "ImplicitIdentity"]
 

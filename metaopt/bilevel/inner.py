@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from metaopt.bilevel._tree import Tensors, tree_detach, tree_leaves, tree_norm
-from metaopt.bilevel.problem import BilevelProblem
+from metaopt._tree import Tensors, tree_detach, tree_leaves, tree_norm
 from metaopt.checks import require
 from metaopt.optim.functional import FUNCTIONAL, resolve
+from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["InnerState", "InnerOptimizer", "InnerRun", "run_inner", "inner_residual"]
 

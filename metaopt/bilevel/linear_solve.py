@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from metaopt.bilevel._tree import Tensors, tree_axpy, tree_dot, tree_norm
+from metaopt._tree import Tensors, tree_axpy, tree_dot, tree_norm
 from metaopt.checks import require
 
 __all__ = ["ConvergenceWarning", "conjugate_gradient", "neumann_series"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.bilevel._tree import Tensors, tree_detach, tree_leaves
+from metaopt._tree import Tensors, tree_detach, tree_leaves
 from metaopt.bilevel.hypergradient import HypergradientResult
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, _detach_state, inner_residual, run_inner
-from metaopt.bilevel.problem import BilevelProblem
 from metaopt.checks import require
+from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["Unroll", "TruncatedUnroll"]
 

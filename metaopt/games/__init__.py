@@ -1,11 +1,6 @@
-"""Games: several players trained with any optimizers, simultaneously or alternately
-(Lorraine et al., 2022)."""
+"""The dynamics of learning in games: closed-form rates of (complex) momentum on games with a linear
+vector field (Lorraine et al., 2022). The games themselves are tasks (``metaopt.tasks.games``)."""
 
-from metaopt.games.game import Game, Vector, game_step
-from metaopt.games.gan import GANMixture
-from metaopt.games.quadratic import BilinearGame, MixedGame, QuadraticGame
 from metaopt.games.spectral import measured_rate, spectral_radius, update_matrix
-from metaopt.games.training import GameTraining
 
-__all__ = ["Game", "Vector", "game_step", "GameTraining", "QuadraticGame", "BilinearGame", "MixedGame",
-           "GANMixture", "update_matrix", "spectral_radius", "measured_rate"]
+__all__ = ["update_matrix", "spectral_radius", "measured_rate"]

@@ -1,8 +1,12 @@
-"""What the runner drives: plain training (``outer=none``) and the outer loops of later modules."""
+"""Every loop the runner drives, in one place: plain training (``TrainingLoop``), APO's online
+meta-steps (``APOLoop``), games (``GameLoop``), ES/TBPTT estimators over unrolled problems
+(``UnrolledLoop``) and bilevel hypergradients (``BilevelLoop``)."""
 
-from metaopt.outer.apo_training import APOTraining
+from metaopt.outer.apo import APOLoop
+from metaopt.outer.bilevel import MODES, BilevelLoop
+from metaopt.outer.game import GameLoop
 from metaopt.outer.loop import Loop
-from metaopt.outer.plain import PlainTraining
+from metaopt.outer.plain import TrainingLoop
 from metaopt.outer.unrolled import UnrolledLoop
 
-__all__ = ["Loop", "PlainTraining", "UnrolledLoop", "APOTraining"]
+__all__ = ["Loop", "TrainingLoop", "APOLoop", "GameLoop", "UnrolledLoop", "BilevelLoop", "MODES"]

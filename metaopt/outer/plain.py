@@ -11,10 +11,10 @@ import torch
 from metaopt.checks import require
 from metaopt.tasks.supervised import SupervisedTask
 
-__all__ = ["PlainTraining"]
+__all__ = ["TrainingLoop"]
 
 
-class PlainTraining:
+class TrainingLoop:
     """Train ``task.build_model()`` for ``steps`` minibatch steps with ``optimizer(model.parameters())``.
 
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_`` configs): any

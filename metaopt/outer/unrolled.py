@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from metaopt.checks import require
 from metaopt.tasks.data import Split, SplitData
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.training_run import TrainingRun
-from metaopt.unrolled.problem import UnrolledProblem
+from metaopt.tasks.unrolled.problem import UnrolledProblem
+from metaopt.tasks.unrolled.training_run import TrainingRun
 
 __all__ = ["UnrolledLoop"]
 

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from metaopt.runner.report import markdown_table  # noqa: E402
-from metaopt.tasks.training_run import TrainingRun  # noqa: E402
-from metaopt.unrolled.problem import UnrolledProblem  # noqa: E402
+from metaopt.tasks.unrolled.problem import UnrolledProblem  # noqa: E402
+from metaopt.tasks.unrolled.training_run import TrainingRun  # noqa: E402
 
 __all__ = ["plot_unrolled_run", "write_comparison_table", "comparison_rows"]
 

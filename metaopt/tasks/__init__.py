@@ -1,13 +1,23 @@
-"""Tasks: the inner problems that optimizers train and outer loops tune."""
+"""Every inner problem, in one place: supervised tasks, unrolled problems (whole training runs and
+synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients) and games."""
 
 from metaopt.tasks import data
 from metaopt.tasks.autoencoder import Autoencoder
-from metaopt.tasks.influence_balancing import InfluenceBalancing
+from metaopt.tasks.bilevel import (
+    BilevelProblem,
+    DatasetDistillation,
+    LearnedAugmentation,
+    PerParameterL2,
+    SupervisedBilevelProblem,
+)
+from metaopt.tasks.games import BilinearGame, Game, GANMixture, MixedGame, QuadraticGame, Vector, game_step
 from metaopt.tasks.linreg import LinearRegression
 from metaopt.tasks.models import MLP
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.toy2d_schedule import Toy2DSchedule
-from metaopt.tasks.training_run import TrainingRun
+from metaopt.tasks.unrolled import InfluenceBalancing, ParticleState, Toy2DSchedule, TrainingRun, UnrolledProblem
 
-__all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "InfluenceBalancing", "Toy2DSchedule",
-           "TrainingRun", "Autoencoder"]
+__all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
+           "UnrolledProblem", "ParticleState", "TrainingRun", "InfluenceBalancing", "Toy2DSchedule",
+           "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
+           "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
+           "GANMixture"]

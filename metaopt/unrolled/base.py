@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from metaopt.checks import require
-from metaopt.unrolled.problem import ParticleState, UnrolledProblem
+from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem
 
 __all__ = ["GradientEstimator", "world"]
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
+from metaopt.tasks.unrolled.problem import UnrolledProblem
 from metaopt.unrolled.base import GradientEstimator
-from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["FullES"]
 

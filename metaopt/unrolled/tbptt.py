@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
+from metaopt.tasks.unrolled.problem import UnrolledProblem
 from metaopt.unrolled.base import GradientEstimator, to_device
-from metaopt.unrolled.problem import UnrolledProblem
 
 __all__ = ["TBPTT"]
 

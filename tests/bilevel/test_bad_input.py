@@ -7,14 +7,8 @@ import warnings
 import pytest
 import torch
 
-from metaopt.bilevel import (
-    BilevelLoop,
-    ConvergenceWarning,
-    ImplicitCG,
-    ImplicitNeumann,
-    InnerOptimizer,
-    TruncatedUnroll,
-)
+from metaopt.bilevel import ConvergenceWarning, ImplicitCG, ImplicitNeumann, InnerOptimizer, TruncatedUnroll
+from metaopt.outer import BilevelLoop
 from tests.bilevel._problems import LeastSquares
 
 
@@ -71,7 +65,7 @@ def test_neumann_without_a_known_bound_still_warns_when_diverging():
 def test_cold_start_that_did_not_converge_warns_with_the_residual():
     problem = LeastSquares()
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=0.01), mode="cold_start",
-                       hypergradient=ImplicitCG(20, least_squares=True), outer_steps=3, inner_steps=5,
+                       hypergradient=ImplicitCG(20, least_squares=True), steps=3, inner_steps=5,
                        tolerance=1e-6)
     pattern = r"did not converge in inner_steps=5 \(residual \|grad_w f\| = [0-9.]+ > tolerance=1e-06\)"
     with pytest.warns(ConvergenceWarning, match=pattern):
@@ -86,7 +80,7 @@ def test_cold_start_that_did_not_converge_warns_with_the_residual():
 def test_converged_cold_start_stops_at_the_tolerance_and_does_not_warn():
     problem = LeastSquares()
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=1.0 / problem.hessian_bound),
-                       mode="cold_start", hypergradient=ImplicitCG(20, least_squares=True), outer_steps=3,
+                       mode="cold_start", hypergradient=ImplicitCG(20, least_squares=True), steps=3,
                        inner_steps=5000, tolerance=1e-8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -5,8 +5,9 @@ import functools
 import pytest
 import torch
 
-from metaopt.bilevel import BilevelLoop, DatasetDistillation, ImplicitCG, InnerOptimizer, Unroll, run_inner
-from metaopt.tasks import MLP, SupervisedTask, data
+from metaopt.bilevel import ImplicitCG, InnerOptimizer, Unroll, run_inner
+from metaopt.outer import BilevelLoop
+from metaopt.tasks import MLP, DatasetDistillation, SupervisedTask, data
 from tests.bilevel._problems import LeastSquares
 
 
@@ -47,7 +48,7 @@ def distill(task, mode, hypergradient, outer_steps, inner_steps, outer_lr):
     torch.manual_seed(0)
     problem = DatasetDistillation(task, examples_per_class=1)
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=0.5), mode=mode,
-                       hypergradient=hypergradient, outer_steps=outer_steps, inner_steps=inner_steps,
+                       hypergradient=hypergradient, steps=outer_steps, inner_steps=inner_steps,
                        outer_optimizer=functools.partial(torch.optim.Adam, lr=outer_lr), retrain_steps=50)
     for _ in range(outer_steps):
         loop.step()

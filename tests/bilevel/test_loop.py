@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaopt.bilevel import BilevelLoop, ImplicitCG, Unroll
+from metaopt.bilevel import ImplicitCG, Unroll
+from metaopt.outer import BilevelLoop
 from tests.bilevel._problems import LeastSquares, MinibatchLeastSquares
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ def test_resume_is_exact(mode, tmp_path):
     """Minibatched inner steps: the resumed loop must also continue the generator's stream."""
     def make(seed=0):
         return BilevelLoop(MinibatchLeastSquares(), optimizer=functools.partial(torch.optim.Adam, lr=0.05),
-                           mode=mode, hypergradient=Unroll(), outer_steps=6, inner_steps=10,
+                           mode=mode, hypergradient=Unroll(), steps=6, inner_steps=10,
                            generator=torch.Generator().manual_seed(seed))
 
     reference = make()
@@ -47,7 +48,7 @@ def test_cold_start_outer_loop_reaches_the_closed_form_optimum():
     # hypergradient converges to its minimiser.
     problem = LeastSquares(ridge=3.0)  # outer Hessian eigenvalues in [3.2, 17.2]
     loop = BilevelLoop(problem, optimizer=functools.partial(torch.optim.SGD, lr=1.0 / problem.hessian_bound),
-                       mode="cold_start", hypergradient=ImplicitCG(8, least_squares=True), outer_steps=50,
+                       mode="cold_start", hypergradient=ImplicitCG(8, least_squares=True), steps=50,
                        inner_steps=600, tolerance=1e-11,
                        outer_optimizer=functools.partial(torch.optim.SGD, lr=0.098))
     for _ in range(50):
@@ -62,9 +63,9 @@ def test_cold_start_outer_loop_reaches_the_closed_form_optimum():
 
 
 @pytest.mark.parametrize("task,outer,extra", [
-    ("digits_distill", "bilevel_cold", ["outer.outer_steps=3", "outer.inner_steps=10"]),
-    ("digits_l2", "bilevel_warm", ["outer.outer_steps=3", "outer/hypergradient=unroll"]),
-    ("digits_augment", "bilevel_cold", ["outer.outer_steps=2", "outer.inner_steps=5",
+    ("digits_distill", "bilevel_cold", ["outer.steps=3", "outer.inner_steps=10"]),
+    ("digits_l2", "bilevel_warm", ["outer.steps=3", "outer/hypergradient=unroll"]),
+    ("digits_augment", "bilevel_cold", ["outer.steps=2", "outer.inner_steps=5",
                                         "outer/hypergradient=ift_neumann"]),
 ])
 def test_runner_writes_both_outer_losses(tmp_path, task, outer, extra):

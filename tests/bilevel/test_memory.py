@@ -6,7 +6,8 @@ import gc
 
 import torch
 
-from metaopt.bilevel import BilevelLoop, ImplicitCG, InnerOptimizer, SavedTensorMeter, TruncatedUnroll, Unroll
+from metaopt.bilevel import ImplicitCG, InnerOptimizer, SavedTensorMeter, TruncatedUnroll, Unroll
+from metaopt.outer import BilevelLoop
 from tests.bilevel._problems import LeastSquares
 
 
@@ -40,7 +41,7 @@ def test_no_graph_survives_an_outer_step():
                          ("cold_start", Unroll())):
         problem = LeastSquares()
         inner = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.5)
-        loop = BilevelLoop(problem, optimizer=inner, mode=mode, hypergradient=method, outer_steps=20,
+        loop = BilevelLoop(problem, optimizer=inner, mode=mode, hypergradient=method, steps=20,
                            inner_steps=30)
         with SavedTensorMeter() as meter:
             loop.step()

@@ -5,8 +5,9 @@ import math
 
 import torch
 
-from metaopt.games import BilinearGame, MixedGame, game_step, measured_rate, spectral_radius, update_matrix
+from metaopt.games import measured_rate, spectral_radius, update_matrix
 from metaopt.optim import ComplexMomentum
+from metaopt.tasks import BilinearGame, MixedGame, game_step
 
 ALTERNATING = [[0], [1]]  # x moves first, then y at x's new position (dim = 1)
 

@@ -1,4 +1,4 @@
-"""The games API: update orders, GameTraining (resume, per-player optimizers), GAN metrics, the runner."""
+"""The games API: update orders, GameLoop (resume, per-player optimizers), GAN metrics, the runner."""
 
 import functools
 import io
@@ -10,8 +10,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from metaopt.games import BilinearGame, GameTraining, GANMixture, MixedGame, game_step
+from metaopt.outer import GameLoop
 from metaopt.run import run
+from metaopt.tasks import BilinearGame, GANMixture, MixedGame, game_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def test_mixed_game_interpolates_between_a_shared_loss_and_a_zero_sum_game():
 def test_game_training_resumes_exactly_and_takes_per_player_optimizers():
     def build():
         torch.manual_seed(0)
-        return GameTraining(GANMixture(hidden_sizes=(16,), batch_size=32),
+        return GameLoop(GANMixture(hidden_sizes=(16,), batch_size=32),
                             functools.partial(torch.optim.Adam, lr=1e-3), steps=20,
                             player_optimizers={"discriminator": functools.partial(torch.optim.SGD, lr=0.01)},
                             generator=torch.Generator().manual_seed(1))
@@ -78,9 +79,9 @@ def test_game_training_resumes_exactly_and_takes_per_player_optimizers():
 
 def test_game_training_names_bad_arguments():
     with pytest.raises(ValueError, match="invalid outer.updates: 'random'"):
-        GameTraining(BilinearGame(dim=1), _sgd, updates="random")
+        GameLoop(BilinearGame(dim=1), _sgd, updates="random")
     with pytest.raises(ValueError, match="invalid outer.player_optimizers: 'z'"):
-        GameTraining(BilinearGame(dim=1), _sgd, player_optimizers={"z": _sgd})
+        GameLoop(BilinearGame(dim=1), _sgd, player_optimizers={"z": _sgd})
 
 
 def test_gan_mode_coverage_metric():
@@ -97,10 +98,10 @@ def test_gan_mode_coverage_metric():
 def test_game_tasks_select_the_game_loop_unless_outer_is_given():
     with initialize_config_dir(str(ROOT / "metaopt" / "conf"), version_base="1.3"):
         for task in ("bilinear_game", "mixed_game", "gan_mixture"):
-            assert compose("config", [f"task={task}"]).outer._target_ == "metaopt.games.GameTraining"
+            assert compose("config", [f"task={task}"]).outer._target_ == "metaopt.outer.GameLoop"
         explicit = compose("config", ["task=bilinear_game", "outer=none"])
-        assert explicit.outer._target_ == "metaopt.outer.PlainTraining"
-        assert compose("config", []).outer._target_ == "metaopt.outer.PlainTraining"
+        assert explicit.outer._target_ == "metaopt.outer.TrainingLoop"
+        assert compose("config", []).outer._target_ == "metaopt.outer.TrainingLoop"
 
 
 def test_runner_plays_the_bilinear_game(tmp_path):

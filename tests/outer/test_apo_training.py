@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from metaopt.outer import APOTraining
+from metaopt.outer import APOLoop
 from metaopt.run import run
 
 CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
@@ -26,7 +26,7 @@ def _metrics(folder):
 
 def test_apo_lr_selects_its_loop_and_logs_the_learned_schedule(tmp_path):
     cfg = _config("optimizer=apo_lr", "task=digits_mlp", "outer.steps=60", "outer.eval_every=0", "log_every=10")
-    assert cfg.outer._target_ == "metaopt.outer.APOTraining"
+    assert cfg.outer._target_ == "metaopt.outer.APOLoop"
     assert instantiate(cfg.optimizer.divergence) == "kl"  # a classifier: KL between predictive distributions
     run(cfg, tmp_path)
     records = _metrics(tmp_path)
@@ -49,7 +49,7 @@ def test_an_explicit_outer_still_wins_and_plain_optimizers_train_in_the_apo_loop
     cfg = _config("optimizer=adam", "outer=apo", "outer.steps=5")
     loop = instantiate(cfg.outer)(task=instantiate(cfg.task), optimizer=instantiate(cfg.optimizer),
                                   generator=torch.Generator().manual_seed(0))
-    assert isinstance(loop, APOTraining) and set(loop.step()) == {"train_batch_loss", "lr"}
+    assert isinstance(loop, APOLoop) and set(loop.step()) == {"train_batch_loss", "lr"}
 
 
 def test_apo_training_resumes_exactly_from_a_weights_only_checkpoint():

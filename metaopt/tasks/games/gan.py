@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaopt.checks import require
-from metaopt.games.game import Game
+from metaopt.tasks.games.game import Game
 from metaopt.tasks.models import MLP
 
 __all__ = ["GANMixture", "draw_samples"]

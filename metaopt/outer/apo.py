@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from metaopt.outer.plain import PlainTraining
+from metaopt.outer.plain import TrainingLoop
 
-__all__ = ["APOTraining"]
+__all__ = ["APOLoop"]
 
 
-class APOTraining(PlainTraining):
-    """``PlainTraining`` that also calls ``optimizer.meta_step`` when the optimizer asks for it.
+class APOLoop(TrainingLoop):
+    """``TrainingLoop`` that also calls ``optimizer.meta_step`` when the optimizer asks for it.
 
     The two lines an APO user adds to a training loop: every ``meta_interval`` steps a fresh batch
     ``B'`` is drawn from the task's training split and ``meta_step(model, B, B', task.loss)`` updates

@@ -18,7 +18,7 @@ from metaopt.checks import require
 from metaopt.optim._compiled import CompiledStep
 from metaopt.optim.functional import FUNCTIONAL, resolve
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.unrolled.problem import ParticleState, UnrolledProblem, where_particles
+from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem, where_particles
 
 __all__ = ["TrainingRun", "TRANSFORMS"]
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from metaopt.checks import require
-from metaopt.unrolled.problem import ParticleState, UnrolledProblem
+from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem
 
 __all__ = ["Toy2DSchedule"]
 

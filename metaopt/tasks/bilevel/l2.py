@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from metaopt.bilevel._tree import Tensors
-from metaopt.bilevel.problem import SupervisedBilevelProblem
+from metaopt._tree import Tensors
 from metaopt.checks import require
+from metaopt.tasks.bilevel.problem import SupervisedBilevelProblem
 from metaopt.tasks.supervised import SupervisedTask
 
 __all__ = ["PerParameterL2"]

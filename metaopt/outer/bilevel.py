@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from metaopt.bilevel._tree import tree_norm
+from metaopt._tree import tree_norm
 from metaopt.bilevel.hypergradient import Hypergradient
 from metaopt.bilevel.implicit import ImplicitCG
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning
-from metaopt.bilevel.problem import BilevelProblem
 from metaopt.checks import require
+from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["BilevelLoop", "MODES"]
 
@@ -37,7 +37,7 @@ MODES = ("cold_start", "warm_start")
 
 
 class BilevelLoop:
-    """``outer_steps`` hypergradient steps on the outer parameters of ``task`` (a ``BilevelProblem``).
+    """``steps`` hypergradient steps on the outer parameters of ``task`` (a ``BilevelProblem``).
 
     ``optimizer`` is the runner's ``cfg.optimizer`` factory: it names the *inner* optimizer, mapped to
     the functional core of the same name (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
@@ -50,14 +50,14 @@ class BilevelLoop:
 
     def __init__(self, task: BilevelProblem, optimizer: Callable | None = None,
                  generator: torch.Generator | None = None, mode: str = "cold_start",
-                 hypergradient: Hypergradient | None = None, outer_steps: int = 100, inner_steps: int = 100,
+                 hypergradient: Hypergradient | None = None, steps: int = 100, inner_steps: int = 100,
                  tolerance: float | None = None, outer_optimizer: Callable | None = None,
                  retrain_steps: int | None = None, eval_every: int = 10, inner_optimizer: str | None = None):
         require("task", type(task).__name__, isinstance(task, BilevelProblem),
                 "a metaopt.bilevel problem (task=digits_distill, digits_l2, digits_augment, ...), "
                 "not a plain SupervisedTask")
         require("outer.mode", mode, mode in MODES, f"one of {MODES}")
-        for name, value in (("outer_steps", outer_steps), ("inner_steps", inner_steps)):
+        for name, value in (("steps", steps), ("inner_steps", inner_steps)):
             require(f"outer.{name}", value, isinstance(value, int) and value > 0, "a positive integer")
         require("outer.tolerance", tolerance, tolerance is None or tolerance > 0, "null or a number > 0")
         require("outer.retrain_steps", retrain_steps,
@@ -69,12 +69,12 @@ class BilevelLoop:
         self.mode = mode
         self.hypergradient = hypergradient if hypergradient is not None else ImplicitCG()
         self.inner_optimizer = InnerOptimizer.from_config(optimizer, inner_optimizer)
-        self.num_steps = outer_steps
+        self.num_steps = steps
         self.eval_every = eval_every
         self.inner_steps = inner_steps
         self.tolerance = tolerance
         if retrain_steps is None:
-            retrain_steps = inner_steps if mode == "cold_start" else inner_steps * outer_steps
+            retrain_steps = inner_steps if mode == "cold_start" else inner_steps * steps
         self.retrain_steps = retrain_steps
         self.generator = generator if generator is not None else torch.Generator()
         self.outer_params = tuple(p.detach().clone().requires_grad_() for p in task.init_outer())

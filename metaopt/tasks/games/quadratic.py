@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from metaopt.checks import require
-from metaopt.games.game import Game, Vector
+from metaopt.tasks.games.game import Game, Vector
 
 __all__ = ["QuadraticGame", "BilinearGame", "MixedGame", "conditioned_matrix"]
 

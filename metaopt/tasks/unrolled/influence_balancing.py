@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from metaopt.checks import require
-from metaopt.unrolled.problem import ParticleState, UnrolledProblem
+from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem
 
 __all__ = ["InfluenceBalancing"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from metaopt.bilevel._tree import Tensors
+from metaopt._tree import Tensors
 from metaopt.checks import require
 from metaopt.tasks.supervised import SupervisedTask
 

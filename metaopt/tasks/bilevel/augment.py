@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metaopt.bilevel._tree import Tensors
-from metaopt.bilevel.problem import SupervisedBilevelProblem
+from metaopt._tree import Tensors
 from metaopt.checks import require
+from metaopt.tasks.bilevel.problem import SupervisedBilevelProblem
 from metaopt.tasks.supervised import SupervisedTask
 
 __all__ = ["LearnedAugmentation"]

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
-from metaopt.games.game import UPDATES, Game, game_step
+from metaopt.tasks.games.game import UPDATES, Game, game_step
 
-__all__ = ["GameTraining"]
+__all__ = ["GameLoop"]
 
 
-class GameTraining:
+class GameLoop:
     """Play ``steps`` rounds of ``task`` (a :class:`~metaopt.games.Game`), each player with its optimizer.
 
     ``optimizer`` is the factory every player uses (a Hydra ``_partial_`` config, e.g. any
