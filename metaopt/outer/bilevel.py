@@ -40,7 +40,7 @@ class BilevelLoop:
     """``steps`` hypergradient steps on the outer parameters of ``task`` (a ``BilevelProblem``).
 
     ``optimizer`` is the runner's ``cfg.optimizer`` factory: it names the *inner* optimizer, mapped to
-    the functional core of the same name (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
+    its functional core (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
     ``FUNCTIONAL`` entry directly). ``outer_optimizer`` is a factory of a ``torch.optim`` optimizer
     over the outer parameters; ``hypergradient`` one of ``Unroll``, ``TruncatedUnroll``,
     ``ImplicitCG``, ``ImplicitNeumann``, ``ImplicitIdentity``. ``retrain_steps`` (default: the inner

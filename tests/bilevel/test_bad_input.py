@@ -111,8 +111,11 @@ def test_plain_supervised_task_is_rejected_with_the_bilevel_tasks_named():
 def test_inner_optimizer_hyperparameters_are_checked():
     with pytest.raises(ValueError, match=r"invalid inner optimizer: 'lbfgs'"):
         InnerOptimizer("lbfgs", lr=0.1)
-    with pytest.raises(ValueError, match=r"invalid optimizer hyperparameters for 'sgd': \['lr', 'rho'\]"):
+    with pytest.raises(ValueError, match=r"invalid inner optimizer hyperparameters: \['rho'\] \(allowed: the "
+                       r"arguments of metaopt.optim.functional.sgd: \['dampening', 'lr', "):
         InnerOptimizer("sgd", lr=0.1, rho=0.5)
+    with pytest.raises(ValueError, match=r"invalid optimizer.momentum: 1.5 \(allowed: a number in \[0, 1\)\)"):
+        InnerOptimizer("sgd", lr=0.1, momentum=1.5)
 
 
 def test_truncation_length():

@@ -263,13 +263,14 @@ def test_training_run_maps_torch_optimizer_configs(digits_task):
     adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0,
                              foreach=None)
     problem = TrainingRun(digits_task, adam, tuned={"lr": 1e-3, "beta1": 0.8}, per_layer=["lr"], horizon=4)
-    assert problem.optimizer_name == "adam"
+    assert problem.spec.name == "adam"
     assert problem.fixed == {"beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}
     assert problem.theta_names == ["log_lr.1", "log_lr.3", "logit_beta1"]
     hyper = problem.hyperparameters(problem.initial_theta()[None], torch.zeros(1, dtype=torch.long))
     assert len(hyper["lr"]) == 4  # one per parameter tensor: weight and bias of each layer
-    with pytest.raises(ValueError, match="optimizer"):
-        TrainingRun(digits_task, functools.partial(torch.optim.RMSprop, lr=0.1))
+    with pytest.raises(ValueError, match=r"invalid optimizer: 'LBFGS' \(a TrainingRun .* needs an optimizer with a "
+                                         r"functional core, one of SGD, Adam, AdamW, RMSprop, Adagrad"):
+        TrainingRun(digits_task, functools.partial(torch.optim.LBFGS, lr=0.1))
     with pytest.raises(ValueError, match="tuned"):
         TrainingRun(digits_task, "sgd", tuned={"betas": 0.9})
     with pytest.raises(ValueError, match="tuned.momentum"):
