@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from metaopt.runner.plots import plot_curves
-from metaopt.runner.validate import validate_config
+from metaopt.runner.validate import check_config_pairing, validate_config
 
 
 def _process_start_time() -> float:
@@ -88,6 +88,7 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
     origin = _startup_origin.pop() if _startup_origin else time.time()
     validate_config(cfg)
+    check_config_pairing(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
     rank = int(os.environ.get("RANK", "0"))
     if rank > 0:
@@ -104,6 +105,7 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
 
     # Everything is built (and validated) before the first step.
     task = instantiate(cfg.task)
+    check_config_pairing(cfg, task)
     loop = instantiate(cfg.outer)(task=task, optimizer=instantiate(cfg.optimizer), generator=generator)
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
     start = 0

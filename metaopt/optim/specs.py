@@ -14,7 +14,7 @@ weight decay), ``logit`` for decay rates in (0, 1) (momentum, betas, RMSprop's Î
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,11 +146,11 @@ class OptimizerSpec:
                 continue
             if key in self.pairs:
                 names = self.pairs[key]
-                ok = isinstance(value, (list, tuple)) and len(value) == len(names)
+                ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == len(names)
                 if not ok:
                     raise ValueError(f"invalid {prefix}.{key}: {value!r} (allowed: {len(names)} numbers, "
                                      f"{', '.join(names)})")
-                out.update(zip(names, value))
+                out.update(zip(names, list(value)))
             elif key in self.hyperparameters or key in self.flags:
                 out[key] = value
             else:

@@ -29,6 +29,7 @@ from metaopt.bilevel.implicit import ImplicitCG
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning
 from metaopt.checks import require
+from metaopt.optim.specs import SPECS, spec_for
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["BilevelLoop", "MODES"]
@@ -47,6 +48,16 @@ class BilevelLoop:
     steps of one cold-start solve, or all inner steps of a warm-start run) is the length of the
     from-scratch re-training of the final evaluation.
     """
+
+    accepts = ("bilevel",)
+
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        if spec_for(optimizer) is not None:
+            return None
+        known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
+        return (f"{optimizer.__name__} has no functional core, which the bilevel inner steps run on (to "
+                f"differentiate through them, and to take them without a graph): use one of {known}")
 
     def __init__(self, task: BilevelProblem, optimizer: Callable | None = None,
                  generator: torch.Generator | None = None, mode: str = "cold_start",

@@ -14,10 +14,17 @@ from metaopt.tasks.games import BilinearGame, Game, GANMixture, MixedGame, Quadr
 from metaopt.tasks.linreg import LinearRegression
 from metaopt.tasks.models import MLP
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.unrolled import InfluenceBalancing, ParticleState, Toy2DSchedule, TrainingRun, UnrolledProblem
+from metaopt.tasks.unrolled import (
+    GameRun,
+    InfluenceBalancing,
+    ParticleState,
+    Toy2DSchedule,
+    TrainingRun,
+    UnrolledProblem,
+)
 
 __all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
-           "UnrolledProblem", "ParticleState", "TrainingRun", "InfluenceBalancing", "Toy2DSchedule",
+           "UnrolledProblem", "ParticleState", "TrainingRun", "GameRun", "InfluenceBalancing", "Toy2DSchedule",
            "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
            "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
            "GANMixture"]

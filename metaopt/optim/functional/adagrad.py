@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, sqrt, step_count
 
 __all__ = ["AdagradState", "adagrad_init", "adagrad"]
 
@@ -40,6 +40,6 @@ def adagrad(
     for i, (p, g, s) in enumerate(zip(params, grads, state.sum)):
         s = s + g * g
         clr = per_tensor(lr, i) / (1 + (step - 1) * per_tensor(lr_decay, i))
-        new_params.append(p - clr * g / (s.sqrt() + per_tensor(eps, i)))
+        new_params.append(p - clr * g / (sqrt(s) + per_tensor(eps, i)))
         new_sum.append(s)
     return tuple(new_params), AdagradState(tuple(new_sum), step)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, sqrt, step_count
 
 __all__ = ["AdamState", "adam_init", "adam"]
 
@@ -63,7 +63,7 @@ def adam(
         bias2_sqrt = (1 - b2**step) ** 0.5
         if amsgrad:
             v_max = torch.maximum(v_max, v)
-        denom = (v_max if amsgrad else v).sqrt() / bias2_sqrt + per_tensor(eps, i)
+        denom = sqrt(v_max if amsgrad else v) / bias2_sqrt + per_tensor(eps, i)
         new_params.append(p - (per_tensor(lr, i) / bias1) * m / denom)
         new_m.append(m)
         new_v.append(v)

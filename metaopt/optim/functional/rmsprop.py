@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, step_count
+from metaopt.optim.functional._utils import Hyper, Tensors, apply_weight_decay, per_tensor, sqrt, step_count
 
 __all__ = ["RMSpropState", "rmsprop_init", "rmsprop"]
 
@@ -49,9 +49,9 @@ def rmsprop(
         v = a * v + (1 - a) * g * g
         if centered:
             g_avg = a * g_avg + (1 - a) * g
-            avg = (v - g_avg * g_avg).sqrt() + per_tensor(eps, i)
+            avg = sqrt(v - g_avg * g_avg) + per_tensor(eps, i)
         else:
-            avg = v.sqrt() + per_tensor(eps, i)
+            avg = sqrt(v) + per_tensor(eps, i)
         mu = per_tensor(momentum, i)
         if isinstance(mu, (int, float)) and mu == 0:
             direction = g / avg

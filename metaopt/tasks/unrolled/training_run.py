@@ -15,13 +15,13 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from metaopt.checks import require
 from metaopt.optim._compiled import CompiledStep
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem, where_particles
-from metaopt.tasks.unrolled.tuning import TunedHyperparameters, optimizer_spec
+from metaopt.tasks.unrolled.problem import ParticleState, where_particles
+from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
 __all__ = ["TrainingRun"]
 
 
-class TrainingRun(UnrolledProblem):
+class TrainingRun(TunedRun):
     """Train ``task``'s model for ``horizon`` minibatch steps with ``optimizer``'s functional core.
 
     ``optimizer`` is any optimizer with a spec (``metaopt.optim.specs``): a factory such as
@@ -76,27 +76,11 @@ class TrainingRun(UnrolledProblem):
         initial_opt, self._opt_spec = tree_flatten(spec.init(self.initial_params, self.fixed))
         self.initial_opt = tuple(initial_opt)
         self.dim = self.tuning.dim
-        self._theta0 = self.tuning.theta0.to(self.device)
         self._forward = vmap(self._forward_one)
         self._losses = vmap(self._loss_one)
         self._gradients = vmap(grad_and_value(self._loss_one))
         self._update = vmap(self._update_one)
         self._compiled_step = CompiledStep(self._step) if compile else None
-
-    @property
-    def theta_names(self) -> list[str]:
-        return list(self.tuning.names)
-
-    def initial_theta(self) -> torch.Tensor:
-        return self._theta0.clone()
-
-    def hyperparameters(self, theta: torch.Tensor, step: torch.Tensor) -> dict[str, Any]:
-        """Constrained hyperparameters for rows ``theta`` (N, dim) at inner steps ``step`` (N,)."""
-        return self.tuning.hyperparameters(theta, step)
-
-    def describe(self, theta: torch.Tensor) -> dict[str, float]:
-        """The constrained value of every coordinate of θ (``lr_start``, ``momentum``, …)."""
-        return self.tuning.describe(theta)
 
     # -- dynamics --------------------------------------------------------------------------------
     def _forward_one(self, params: tuple[torch.Tensor, ...], inputs: torch.Tensor) -> torch.Tensor:
@@ -201,11 +185,6 @@ class TrainingRun(UnrolledProblem):
         return state, torch.stack(losses), torch.stack(resets)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def theta_for(self, **values: float) -> torch.Tensor:
-        """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
-        start), e.g. ``theta_for(lr=0.1, momentum=0.0)``: a constant schedule, the same for every layer."""
-        return self.tuning.theta_for(self.initial_theta(), **values)
-
     @torch.no_grad()
     def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
         """Train one model per row of ``thetas`` (M, dim) for a whole inner problem (all at once, same
@@ -229,6 +208,3 @@ class TrainingRun(UnrolledProblem):
                 if self.task.kind == "classification":
                     results[i][f"{split}_accuracy"] = float((outputs[i].argmax(-1) == targets).float().mean())
         return results
-
-    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
-        return self.evaluate_many(theta[None])[0]

@@ -11,8 +11,9 @@ import torch
 
 from metaopt.checks import require
 from metaopt.optim.specs import OptimizerSpec, factory_kwargs, spec_for
+from metaopt.tasks.unrolled.problem import UnrolledProblem
 
-__all__ = ["TunedHyperparameters", "optimizer_spec", "SCHEDULES"]
+__all__ = ["TunedHyperparameters", "TunedRun", "optimizer_spec", "SCHEDULES"]
 
 SCHEDULES = ("constant", "linear")
 
@@ -150,3 +151,39 @@ class TunedHyperparameters:
             if key in values:
                 theta[column] = self.spec.hyperparameters[key].to_unconstrained(float(values[key]), margin=1e-6)
         return theta
+
+
+class TunedRun(UnrolledProblem):
+    """An unrolled problem whose θ are an optimizer's hyperparameters (``self.tuning``): a whole training
+    run (``TrainingRun``) or a whole game run (``GameRun``). Subclasses set ``tuning``, ``dim``,
+    ``horizon``, ``device`` and define ``evaluate_many``."""
+
+    tuning: TunedHyperparameters
+
+    @property
+    def theta_names(self) -> list[str]:
+        return list(self.tuning.names)
+
+    def initial_theta(self) -> torch.Tensor:
+        return self.tuning.theta0.to(self.device).clone()
+
+    def hyperparameters(self, theta: torch.Tensor, step: torch.Tensor) -> dict[str, Any]:
+        """Constrained hyperparameters for rows ``theta`` (N, dim) at inner steps ``step`` (N,)."""
+        return self.tuning.hyperparameters(theta, step)
+
+    def describe(self, theta: torch.Tensor) -> dict[str, float]:
+        """The constrained value of every coordinate of θ (``lr_start``, ``momentum``, ``angle``, …)."""
+        return self.tuning.describe(theta)
+
+    def theta_for(self, **values: float) -> torch.Tensor:
+        """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
+        start), e.g. ``theta_for(lr=0.1, momentum=0.0)``: a constant schedule, the same for every layer."""
+        return self.tuning.theta_for(self.initial_theta(), **values)
+
+    def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
+        """Run one inner problem per row of ``thetas`` (M, dim) from start to end; each one's metrics,
+        ``meta_objective`` (the mean meta-loss over the run) first."""
+        raise NotImplementedError
+
+    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
+        return self.evaluate_many(theta[None])[0]
