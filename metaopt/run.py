@@ -135,8 +135,10 @@ def _with_config_path(error: Exception, container: dict[str, Any], root: str) ->
     if match is None:
         return None
     name = match.group(1)
-    paths = [path for path, _ in _leaves(container)]
-    if name in paths or any(p.startswith(name + ".") for p in paths):
+    # every node's path: leaves and the mappings above them (an argument may be a whole mapping)
+    paths = sorted({".".join(parts[:i]) for path, _ in _leaves(container)
+                    for parts in [path.split(".")] for i in range(1, len(parts) + 1)})
+    if name in paths:
         return None
     last = name.rsplit(".", 1)[-1]
     for scope in (root + ".", ""):
