@@ -16,6 +16,7 @@ implicit ones a single double-backward graph at the final inner parameters.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,9 @@ class BilevelLoop:
         require("outer.mode", mode, mode in MODES, f"one of {MODES}")
         for name, value in (("steps", steps), ("inner_steps", inner_steps)):
             require(f"outer.{name}", value, isinstance(value, int) and value > 0, "a positive integer")
-        require("outer.tolerance", tolerance, tolerance is None or tolerance > 0, "null or a number > 0")
+        require("outer.tolerance", tolerance, tolerance is None or (
+            isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and math.isfinite(tolerance)
+            and tolerance > 0), "null or a finite number > 0")
         require("outer.retrain_steps", retrain_steps,
                 retrain_steps is None or (isinstance(retrain_steps, int) and retrain_steps > 0),
                 "null or a positive integer")

@@ -312,3 +312,29 @@ def test_training_run_runs_eagerly_when_compiling_fails_and_under_tbptt(digits_t
         fallback = _pes_estimates(problem)
     assert problem._compiled_step.failed
     assert torch.equal(fallback, _pes_estimates(_training_run(digits_task, horizon=10)))
+
+
+@pytest.mark.parametrize("estimator", [PES, ESSingle, TruncatedES])
+def test_all_particles_diverged_reports_nan_not_a_perfect_loss(estimator):
+    # θ = 5 with σ = 0.01: every particle is past the cliff at θ > 1.
+    est = estimator(_Explodes(), 8, sigma=0.01, truncation_length=1, seed=0)
+    g, info = est.estimate(torch.full((1,), 5.0))
+    assert info["num_diverged"] == 8
+    assert torch.isnan(torch.tensor(info["loss"]))
+    assert torch.isnan(g).all()
+
+
+def test_unrolled_loop_reports_nan_when_every_particle_diverged():
+    """The runner stops on the NaN ``unroll_loss`` (its NaN/Inf guard), whatever the estimate holds."""
+    import functools
+
+    from metaopt.outer import UnrolledLoop
+
+    class PastTheCliff(_Explodes):
+        def initial_theta(self):
+            return torch.full((1,), 5.0)
+
+    loop = UnrolledLoop(PastTheCliff(), functools.partial(PES, num_particles=8, sigma=0.01, truncation_length=1),
+                        functools.partial(torch.optim.SGD, lr=0.1), steps=3)
+    metrics = loop.step()
+    assert metrics["num_diverged"] == 8 and torch.isnan(torch.tensor(metrics["unroll_loss"]))
