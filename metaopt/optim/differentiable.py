@@ -22,7 +22,7 @@ References:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -146,6 +146,9 @@ def _hyperparameters(spec: OptimizerSpec, optimizer: Any, given: Mapping[str, An
     """The functional core's keyword arguments: the class's defaults, then the factory's or instance's,
     then ``given``; checked against the spec's domains, per-tensor lists element by element."""
     merged = {**_defaults(spec), **_given(optimizer), **given}
+    # A Hydra partial carries ListConfig betas: a sequence, but neither list nor tuple.
+    merged = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, (str, list, tuple)) else v
+              for k, v in merged.items()}
     known = {*spec.hyperparameters, *spec.flags, *spec.pairs}
     merged = {k: v for k, v in merged.items() if k in known or k in given}
     if "lr" in spec.hyperparameters and "lr" not in merged:

@@ -191,7 +191,7 @@ def test_maml_meta_gradient_matches_finite_differences():
             with torch.no_grad():
                 for p, d in zip(shifted.parameters(), direction):
                     p.add_(sign * step * d)
-            losses.append(float(_query_loss_after_adaptation(shifted, task, inner_lr=0.3, first_order=True)))
+            losses.append(float(_query_loss_after_adaptation(shifted, task, inner_lr=0.3, first_order=True).detach()))
         numeric = (losses[0] - losses[1]) / (2 * step)
         assert abs(analytic) > 1e-3
         assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
@@ -297,3 +297,14 @@ def test_bad_arguments_are_value_errors_naming_the_problem():
         DifferentiableOptimizer(model, torch.optim.SGD, lr=[0.1, 0.2])
     with pytest.raises(ValueError, match=r"invalid Adam\.momentum"):
         DifferentiableOptimizer(model, torch.optim.Adam, momentum=0.9)
+
+
+def test_a_hydra_partial_with_listconfig_betas_is_read():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    factory = instantiate(OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01,
+                                            "betas": [0.8, 0.9]}))
+    inner = DifferentiableOptimizer(_mlp(), factory)
+    hyper = inner.hyperparameters
+    assert (hyper["lr"], hyper["beta1"], hyper["beta2"]) == (0.01, 0.8, 0.9)
