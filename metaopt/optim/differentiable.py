@@ -50,6 +50,10 @@ class DifferentiableOptimizer:
             functional names ``beta1``/``beta2``); unset ones take the class's defaults. A value may be a
             number, a 0-d tensor that requires grad, or a list with one per trainable parameter
             tensor (per-layer learning rates), in ``named_parameters()`` order.
+
+    Second order through Adam, RMSprop or Adagrad: a gradient element that is exactly 0 (a dead ReLU, an
+    unused weight) makes the meta-gradient NaN, since the cores take √v with no ε inside the root
+    (torchopt's ``eps_root``); ``first_order=True`` or a smooth activation avoids it.
     """
 
     def __init__(self, module: nn.Module, optimizer: Any, *, first_order: bool = False, **hyperparameters: Any):
