@@ -2,6 +2,7 @@
 synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients) and games."""
 
 from metaopt.tasks import data
+from metaopt.tasks.arrays import from_arrays
 from metaopt.tasks.autoencoder import Autoencoder
 from metaopt.tasks.bilevel import (
     BilevelProblem,
@@ -27,4 +28,4 @@ __all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
            "UnrolledProblem", "ParticleState", "TrainingRun", "GameRun", "InfluenceBalancing", "Toy2DSchedule",
            "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
            "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
-           "GANMixture"]
+           "GANMixture", "from_arrays"]
