@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaopt.optim import APO
+from metaopt.optim.apo.precond import precondition
 from metaopt.tasks import LinearRegression
 
 
@@ -111,7 +112,7 @@ def test_precondition_is_the_kronecker_product_of_the_factors():
     left = torch.randn(3, 3, dtype=torch.float64, generator=gen)
     right = torch.randn(4, 4, dtype=torch.float64, generator=gen)
     log_scale = torch.tensor(0.3, dtype=torch.float64)
-    step = APO._precondition(grad, log_scale, left, right)
+    step = precondition(grad, log_scale, left, right)
     # vec(A G B) = (Bᵀ ⊗ A) vec(G) with column-major vec; here A = LLᵀ and B = RRᵀ are symmetric.
     kron = torch.kron(right @ right.T, left @ left.T)
     expected = (math.exp(0.3) * kron @ grad.T.reshape(-1)).reshape(4, 3).T
@@ -134,7 +135,7 @@ def _train_linreg(task, lr, steps, apo_kwargs=None):
         if apo_kwargs is not None:
             opt.meta_step(model, (inputs, targets), lambda: task.sample_batch(gen)[0], task.loss)
         opt.step()
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append(opt.param_groups[0]["lr"] if apo_kwargs is None else opt.lrs[0])
     return task.evaluate(model, splits=("train",))["train_loss"], lrs
 
 
@@ -178,7 +179,7 @@ def test_learned_full_matrix_preconditioner_approaches_the_damped_inverse_metric
         opt.meta_step(model, (inputs, targets), fresh, _half_mse)
         scheduler.step()
     log_scale, left, right = opt._meta_params[0]
-    learned = (log_scale.exp() * left.square().sum() * right @ right.T).detach()
+    learned = opt.param_groups[0]["lr"] * (log_scale.exp() * left.square().sum() * right @ right.T).detach()
     error = torch.linalg.matrix_norm(learned - optimum) / torch.linalg.matrix_norm(optimum)
     initial_error = torch.linalg.matrix_norm(0.1 * identity - optimum) / torch.linalg.matrix_norm(optimum)
     assert error < 0.03, (learned, optimum)
@@ -194,7 +195,7 @@ def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
     _warm_up(model, opt, (inputs, targets), _half_mse)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state_before = {k: v.clone() for k, v in opt.base.state[model[0].weight].items()}
-    lr_before = opt.param_groups[0]["lr"]
+    lr_before = opt.schedule()
     opt.meta_objective(model, (inputs, targets), fresh, _half_mse).backward()
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # incl. BatchNorm running stats
@@ -202,10 +203,11 @@ def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
         assert torch.equal(value, state_before[key]), key
     assert model[0].weight.grad is not None
     assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
+    assert opt.param_groups[0]["lr"] == 1e-2  # the base's (scheduled) lr, which φ multiplies
     if mode == "lr":
-        assert opt.param_groups[0]["lr"] != lr_before  # φ moved, and the group reads the new η
+        assert opt.lrs[0] != lr_before["lr"]  # φ moved, and the η of the next step follows
     else:
-        assert opt.param_groups[0]["lr"] == 1.0 and opt.precond_scales() != pytest.approx([1e-2] * 4)
+        assert opt.precond_scales() != pytest.approx([1e-2] * 4)
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
