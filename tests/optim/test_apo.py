@@ -5,6 +5,7 @@ import copy
 import functools
 import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -512,3 +513,116 @@ def test_meta_step_before_backward_is_refused():
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
     with pytest.raises(RuntimeError, match="call loss.backward"):
         opt.meta_step(model, (torch.randn(4, 2), torch.randn(4, 1)), torch.randn(4, 2), _half_mse)
+
+
+def _regression_step(model, opt, gen, scheduler=None, **meta_kwargs):
+    inputs, targets = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+    opt.zero_grad()
+    _half_mse(model(inputs), targets).backward()
+    opt.meta_step(model, (inputs, targets), torch.randn(8, 4, generator=gen), _half_mse, **meta_kwargs)
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+@pytest.mark.parametrize("mode", ["lr", "precond"])
+def test_an_lr_scheduler_multiplies_what_apo_learned(mode):
+    """A scheduler on APO sets the group's lr; APO's η (or P) is its learned factor times that lr, so
+    meta-steps no longer overwrite the schedule (they did: η was written into group["lr"])."""
+    runs = {}
+    for gamma in (1.0, 0.5):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), mode=mode, meta_interval=2)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            _regression_step(model, opt, gen, scheduler)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * gamma**6)
+        runs[gamma] = opt
+    scheduled = runs[0.5]
+    if mode == "lr":
+        factor = float(scheduled._meta_params[0][0].exp())
+        assert scheduled.lrs[0] == pytest.approx(factor * 0.1 * 0.5**6)
+        assert scheduled.lrs[0] < 0.1 * runs[1.0].lrs[0]
+    else:
+        assert scheduled.schedule()["precond_scale"] < 0.1 * runs[1.0].schedule()["precond_scale"]
+
+
+def test_a_batch_of_any_form_takes_forward_and_loss():
+    """A dict batch with the user's forward/loss gives the Q of the simple form on the same data (it
+    raised an opaque TypeError); without them the error names the keywords."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1,
+              divergence="mse")
+    inputs, targets, fresh = torch.randn(8, 4), torch.randn(8, 2), torch.randn(6, 4)
+    _half_mse(model(inputs), targets).backward()
+    simple = opt.meta_objective(model, (inputs, targets), fresh, _half_mse)
+    general = opt.meta_objective(model, {"x": inputs, "y": targets}, {"x": fresh},
+                                 forward=lambda net, batch: net(batch["x"]),
+                                 loss=lambda outputs, batch: _half_mse(outputs, batch["y"]))
+    assert float(general) == pytest.approx(float(simple), rel=1e-6)
+    with pytest.raises(ValueError, match="forward=lambda model, batch"):
+        opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, _half_mse)
+    assert opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, forward=lambda net, b: net(b["x"]),
+                         loss=lambda outputs, b: _half_mse(outputs, b["y"])) is not None
+
+
+def test_a_classifier_without_a_divergence_gets_kl_and_an_unclear_task_an_error():
+    """Without divergence=, class logits against labels take KL (they silently took MSE on logits)."""
+    model, batch, fresh, loss_fn = _classifier_batch()
+    values = []
+    for divergence in (None, "kl"):
+        opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.05), divergence=divergence)
+        model.zero_grad()
+        loss_fn(model(batch[0]), batch[1]).backward()
+        values.append(opt.meta_objective(model, batch, fresh, loss_fn).item())
+    assert values[0] == values[1]
+    regression = nn.Linear(3, 2).double()
+    opt = APO(regression.parameters(), functools.partial(torch.optim.SGD, lr=0.05))
+    inputs = torch.randn(5, 3, dtype=torch.float64)
+    weights = torch.ones(5, dtype=torch.float64)
+    regression(inputs).sum().backward()
+    with pytest.raises(ValueError, match="cannot tell the output divergence .* pass divergence="):
+        opt.meta_objective(regression, (inputs, weights), inputs, lambda outputs, w: (w[:, None] * outputs).sum())
+
+
+def test_a_base_whose_step_is_not_linear_in_lr_is_refused():
+    """Rprop's step sizes start at lr and are clamped: APO blew the loss up from 2.3 to 3e5 in 3 steps."""
+    model, batch, fresh, loss_fn = _classifier_batch()
+    opt = APO(model.parameters(), functools.partial(torch.optim.Rprop, lr=0.01), divergence="kl")
+    loss_fn(model(batch[0]), batch[1]).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"invalid base: 'Rprop' \(allowed: an optimizer whose update is lr·d"):
+        opt.meta_step(model, batch, fresh, loss_fn)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)) and not opt.base.state
+    for cls in (torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.AdamW):  # lr·d with d independent of lr
+        opt = APO(model.parameters(), functools.partial(cls, lr=0.01), divergence="kl")
+        assert opt.meta_step(model, batch, fresh, loss_fn) is not None
+
+
+def test_lbfgs_is_refused_before_any_work():
+    """A class or partial is refused before it is built; a factory of another form once it has built."""
+    model = nn.Linear(2, 1)
+    for base in (torch.optim.LBFGS, functools.partial(torch.optim.LBFGS, lr=0.1),
+                 torch.optim.LBFGS(model.parameters()), lambda params: torch.optim.LBFGS(params)):
+        with pytest.raises(ValueError, match=r"invalid base: 'LBFGS' .*closure"):
+            APO(model.parameters(), base)
+
+
+def test_deepcopy_and_pickle_are_whole_optimizers():
+    """They were half-built ('base' and '_num_steps' missing); the copies step as the original."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.Adam, lr=0.01), mode="precond", meta_interval=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        _regression_step(model, opt, gen)
+    twins = [copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))]
+    for net, optimizer in [(model, opt), *twins]:
+        step_gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            _regression_step(net, optimizer, step_gen)
+    for twin, _ in twins:
+        assert torch.equal(twin.weight, model.weight) and torch.equal(twin.bias, model.bias)
