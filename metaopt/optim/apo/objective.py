@@ -10,6 +10,7 @@ slots (``torch.func.functional_call`` on cloned buffers where BatchNorm would ot
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -113,7 +114,7 @@ def proximal_objective(model: nn.Module, layout: Layout, params: list[torch.Tens
     # separately, through functional_call on cloned buffers. Otherwise the params are swapped in
     # place for the lookahead, and (default form) one forward of the concatenated batch serves B and B'.
     batch_norm = layout.batch_norm
-    call = _Call(model, forward)
+    call = _Call(model, forward) if batch_norm else functools.partial(forward, model)
     buffers = {"model." + name: b.clone() for name, b in model.named_buffers()} if batch_norm else {}
     inputs = fresh_inputs = None
     if inputs_of is not None:

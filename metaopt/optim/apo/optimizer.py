@@ -234,8 +234,8 @@ class APO(torch.optim.Optimizer):
         if not simple or loss_fn is None:
             raise ValueError(
                 f"APO's simple form takes batch=(inputs, targets) and loss_fn(outputs, targets); got a batch of "
-                f"type {type(batch).__name__}{'' if loss_fn is None else ''} and "
-                f"{'no loss_fn' if loss_fn is None else 'a loss_fn'}: for other batches pass "
+                f"type {type(batch).__name__} and {'no loss_fn' if loss_fn is None else 'a loss_fn'}: for other "
+                "batches pass "
                 "forward=lambda model, batch: ... and loss=lambda outputs, batch: ... (and a fresh batch of the "
                 "same kind)")
         return (forward or _default_forward, lambda outputs, b: loss_fn(outputs, b[1]),
