@@ -626,3 +626,25 @@ def test_deepcopy_and_pickle_are_whole_optimizers():
             _regression_step(net, optimizer, step_gen)
     for twin, _ in twins:
         assert torch.equal(twin.weight, model.weight) and torch.equal(twin.bias, model.bias)
+
+
+def test_a_checkpoint_of_the_log_lr_format_loads_as_the_same_schedule():
+    """Checkpoints written before φ became a factor of the group's lr held log η, and η in the group."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    groups = [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.01}]
+    for per_group in (True, False):
+        opt = APO(groups, functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1, lr_per_group=per_group)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            _regression_step(model, opt, gen)
+        old = copy.deepcopy(opt.state_dict())
+        del old["format"]
+        for group, eta in zip(old["base"]["param_groups"], opt.lrs):
+            group["lr"] = eta
+        for meta, group in zip(old["meta_params"], opt.param_groups):
+            for i, t in enumerate(meta):
+                meta[i] = t + math.log(group["lr"])
+        resumed = APO(groups, functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1, lr_per_group=per_group)
+        resumed.load_state_dict(old)
+        assert resumed.lrs == pytest.approx(opt.lrs, rel=1e-6)

@@ -22,6 +22,8 @@ from metaopt.optim.apo.precond import KroneckerPrecond
 __all__ = ["APO"]
 
 _MODES = ("lr", "precond")
+# state_dict layout: 2 since φ of mode="lr" is a log-factor of the group's lr (1: log η, η in the group).
+_FORMAT = 2
 # Attributes a copy or a pickle does not take: caches rebuilt on demand, the model layout (a weak
 # reference), torch's hooks (dropped by torch.optim's own __getstate__ too) and the per-instance step
 # wrapper an LR scheduler installs (it calls the original optimizer through a weak reference).
@@ -374,6 +376,7 @@ class APO(torch.optim.Optimizer):
             "num_steps": self._num_steps,
             "num_meta_steps": self._num_meta_steps,
             "last_q": self._last_q,
+            "format": _FORMAT,
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state)
@@ -397,6 +400,11 @@ class APO(torch.optim.Optimizer):
             for group, values in zip(self.rule.meta_params, state_dict["meta_params"]):
                 for t, value in zip(group, values):
                     t.copy_(value)
+            if self.mode == "lr" and state_dict.get("format", 1) < 2:
+                # Format 1 learned log η and wrote η into the groups' lr: as a factor of that lr, it is 0.
+                for group, meta in zip(self.param_groups, self.rule.meta_params):
+                    for t in meta:
+                        t.sub_(math.log(float(group["lr"])))
         self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])
         self._num_steps = int(state_dict["num_steps"])
         self._num_meta_steps = int(state_dict["num_meta_steps"])
