@@ -123,7 +123,7 @@ class ComplexAdam(Optimizer):
         else:  # (inside torch.compile the per-tensor loop with tensor steps; inductor fuses it)
             _single_tensor(params, grads, *buffers, maxima, steps, lr=lr, **hyper)
 
-    @torch._dynamo.disable
+    @torch._disable_dynamo
     def _fused(self, params, grads, buffers, step_counts, lr, hyper, foreach):
         # A C kernel through ctypes: dynamo runs it as it is (one graph break, no recompiles). One step
         # count for the whole group (parameters added later take the eager path until then).

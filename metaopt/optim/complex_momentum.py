@@ -136,7 +136,7 @@ class ComplexMomentum(Optimizer):
         else:
             _single_tensor(params, grads, reals, imags, beta_r, beta_i, lr, weight_decay, fresh, nesterov)
 
-    @torch._dynamo.disable
+    @torch._disable_dynamo
     def _fused(self, params, grads, reals, imags, beta_r, beta_i, lr, weight_decay):
         # A C kernel through ctypes: dynamo runs it as it is (one graph break, no recompiles).
         self._fused_update([params, grads, reals, imags], [beta_r, beta_i, float(lr), weight_decay])

@@ -316,7 +316,7 @@ class APO(torch.optim.Optimizer):
         the base), so that a compiled training step does not recompile at every meta-step."""
         return self._step(closure)
 
-    @torch._dynamo.disable
+    @torch._disable_dynamo
     def _step(self, closure: Callable[[], torch.Tensor] | None):
         if self._num_steps >= self.meta_interval and not self._warned_no_meta_step:
             warnings.warn("APO.step() has run a full meta_interval without meta_step(): φ is not being "
