@@ -104,9 +104,9 @@ def _train(model, opt, steps, start=0, sign=1.0, scheduler=None, closure=False):
             return loss
 
         if closure:
-            losses.append(float(opt.step(compute)))
+            losses.append(opt.step(compute).detach().item())
         else:
-            losses.append(compute().item())
+            losses.append(compute().detach().item())
             if isinstance(opt, APO):
                 opt.meta_step(model, (inputs, targets), fresh, functools.partial(_loss, sign=sign))
             opt.step()
