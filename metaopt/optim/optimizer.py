@@ -136,7 +136,7 @@ class Optimizer(torch.optim.Optimizer):
                     params.append(torch.view_as_real(p))
                     grads.append(torch.view_as_real(p.grad))
                     states.append(_real_views(state))
-                    complex_states.append((state, states[-1]))
+                    complex_states.append((state, states[-1], params[-1].shape))
                 else:
                     params.append(p)
                     grads.append(p.grad)
@@ -147,9 +147,11 @@ class Optimizer(torch.optim.Optimizer):
             if group["maximize"]:
                 grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
             self._update(group, params, grads, states, foreach)
-            for state, views in complex_states:  # state the update created (a buffer an older state lacked)
+            for state, views, shape in complex_states:  # state the update created (one an older state lacked)
                 for key in views.keys() - state.keys():
-                    state[key] = torch.view_as_complex(views[key])
+                    value = views[key]
+                    is_view = isinstance(value, torch.Tensor) and value.shape == shape
+                    state[key] = torch.view_as_complex(value) if is_view else value
         return loss
 
 
