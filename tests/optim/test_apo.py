@@ -565,6 +565,7 @@ def test_a_batch_of_any_form_takes_forward_and_loss():
     assert general.item() == pytest.approx(simple.item(), rel=1e-6)
     with pytest.raises(ValueError, match="forward=lambda model, batch"):
         opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, _half_mse)
+    assert opt._pending_directions is None and not opt.base.state  # refused before the base was probed
     assert opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, forward=lambda net, b: net(b["x"]),
                          loss=lambda outputs, b: _half_mse(outputs, b["y"])) is not None
 

@@ -237,9 +237,8 @@ class APO(torch.optim.Optimizer):
             raise ValueError(
                 f"APO's simple form takes batch=(inputs, targets) and loss_fn(outputs, targets); got a batch of "
                 f"type {type(batch).__name__} and {'no loss_fn' if loss_fn is None else 'a loss_fn'}: for other "
-                "batches pass "
-                "forward=lambda model, batch: ... and loss=lambda outputs, batch: ... (and a fresh batch of the "
-                "same kind)")
+                "batches pass forward=lambda model, batch: ... and loss=lambda outputs, batch: ... (and a fresh "
+                "batch of the same kind)")
         return (forward or _default_forward, lambda outputs, b: loss_fn(outputs, b[1]),
                 None if forward else _default_inputs, batch[1])
 
@@ -255,10 +254,9 @@ class APO(torch.optim.Optimizer):
             return self._inferred_divergence
         return choose
 
-    def _objective(self, model: nn.Module, layout: Layout, batch: Any, fresh_batch: Any,
-                   loss_fn: Callable | None, forward: Callable | None, loss: Callable | None,
+    def _objective(self, model: nn.Module, layout: Layout, batch: Any, fresh_batch: Any, callables: tuple,
                    directions: list[torch.Tensor | None]) -> torch.Tensor:
-        forward, loss, inputs_of, targets = self._callables(batch, loss_fn, forward, loss)
+        forward, loss, inputs_of, targets = callables
         with torch.enable_grad():
             steps = self.rule.lookahead_steps(self.param_groups, directions)
         return proximal_objective(model, layout, self._params(), steps, batch, fresh_batch, forward=forward,
@@ -275,9 +273,9 @@ class APO(torch.optim.Optimizer):
         (``torch.func.functional_call`` on cloned buffers with BatchNorm): neither the model, its
         buffers, nor the base optimizer's state change.
         """
+        callables = self._callables(batch, loss_fn, forward, loss)
         layout = self._check_ready(model)
-        return self._objective(model, layout, batch, fresh_batch, loss_fn, forward, loss,
-                               self._directions(keep_state=False))
+        return self._objective(model, layout, batch, fresh_batch, callables, self._directions(keep_state=False))
 
     def meta_step(self, model: nn.Module, batch: Any, fresh_batch: Any | Callable[[], Any],
                   loss_fn: Callable | None = None, *, forward: Callable[[nn.Module, Any], Any] | None = None,
@@ -294,9 +292,10 @@ class APO(torch.optim.Optimizer):
         self._warned_no_meta_step = True
         if callable(fresh_batch):
             fresh_batch = fresh_batch()
+        callables = self._callables(batch, loss_fn, forward, loss)  # (the clear errors before the probe)
         layout = self._check_ready(model)
         self._pending_directions = self._directions(keep_state=True)
-        q = self._objective(model, layout, batch, fresh_batch, loss_fn, forward, loss, self._pending_directions)
+        q = self._objective(model, layout, batch, fresh_batch, callables, self._pending_directions)
         for group in self.rule.meta_params:  # the meta-optimizer's zero_grad(set_to_none=True), minus its wrapper
             for t in group:
                 t.grad = None
