@@ -156,7 +156,8 @@ class OptimizerSpec:
             elif key in self.hyperparameters or key in self.flags:
                 out[key] = value
             else:
-                allowed = sorted([*self.hyperparameters, *self.flags, *self.pairs, *IMPLEMENTATION_FLAGS])
+                flags = [f for f in IMPLEMENTATION_FLAGS if f in _parameters(self.optimizer)]
+                allowed = sorted([*self.hyperparameters, *self.flags, *self.pairs, *flags])
                 raise ValueError(f"invalid {prefix}.{key}: {value!r} ({self.optimizer.__name__} has no such "
                                  f"argument; allowed: {', '.join(allowed)})")
         self.check(out, prefix)

@@ -16,7 +16,8 @@ from metaopt.tasks.unrolled.tuning import TunedRun  # noqa: E402
 
 __all__ = ["plot_unrolled_run", "write_comparison_table", "comparison_rows"]
 
-_COLUMNS = ("meta_objective", "val_loss", "val_accuracy", "test_accuracy", "distance_to_optimum")
+_COLUMNS = ("meta_objective", "val_loss", "val_accuracy", "test_accuracy", "distance_to_optimum", "distance",
+            "modes_covered", "high_quality_fraction")
 
 
 def _setting(problem: UnrolledProblem, theta: torch.Tensor) -> str:
@@ -56,7 +57,7 @@ def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final:
                       path: Path) -> Path:
     """θ (as ``problem.describe`` shows it) over outer steps; for a tuned optimizer also the learning-rate
     schedules of the start, the tuned θ and the best grid point."""
-    panels = 2 if isinstance(problem, TunedRun) and "lr" in problem.tuning.spec.hyperparameters else 1
+    panels = 2 if isinstance(problem, TunedRun) and any(key == "lr" for key, _, _ in problem.tuning.entries) else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), squeeze=False)
     described = [problem.describe(theta) for theta in trajectory]
     ax = axes[0][0]

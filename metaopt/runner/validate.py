@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from hydra._internal.utils import _locate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
 
@@ -21,7 +22,16 @@ def _number(value: Any) -> bool:
 
 
 def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer") -> None:
-    """Common hyperparameters of any optimizer config, including nested ones (``base``, ``outer_optimizer``)."""
+    """An optimizer config, and the optimizer configs nested in it (APO's ``base``): an optimizer with a
+    spec (``metaopt.optim.specs``) is checked against it (every argument known, every value in its
+    domain); the others by the common names (lr, momentum, betas, eps, …)."""
+    from metaopt.optim.specs import spec_for
+
+    spec = spec_for(_target_class(cfg))
+    if spec is not None:
+        kwargs = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        spec.functional_kwargs({k: v for k, v in kwargs.items() if not k.startswith("_")}, prefix)
+        return
     for key, value in cfg.items():
         name = f"{prefix}.{key}"
         if isinstance(value, (DictConfig, dict)):
@@ -33,8 +43,8 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
         elif key == "eps":
             require(name, value, _number(value) and value > 0, "a finite number > 0")
         elif key == "betas":
-            ok = len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
-            require(name, list(value), ok, "two numbers in [0, 1)")
+            ok = isinstance(value, Sequence) and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
+            require(name, value if not isinstance(value, Sequence) else list(value), ok, "two numbers in [0, 1)")
 
 
 def validate_config(cfg: DictConfig) -> None:
