@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import math
 import os
-import random
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
-from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from metaopt.runner.plots import plot_curves
-from metaopt.runner.validate import validate_config
+# torch, numpy, tqdm, matplotlib, wandb and the tasks are imported by the functions that use them:
+# `metaopt --help`, a bad override or a config error then answer before any of them has loaded.
 
 
 def _process_start_time() -> float:
@@ -71,10 +68,15 @@ def _resume_folder(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path | None
 
 
 def _wandb_names(cfg: DictConfig) -> dict[str, Any]:
+    """A sweep's runs share a wandb group named after the sweep (``multirun/<date>/<time>``: ``<date>/<time>``,
+    prefixed with the experiment's name when one was chosen); each run is named by its overrides."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return {"group": Path(hydra_cfg.sweep.dir).name, "name": hydra_cfg.job.override_dirname or None}
-    return {"name": hydra_cfg.job.override_dirname or None}
+    name = hydra_cfg.job.override_dirname or None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {"name": name}
+    group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    return {"group": f"{experiment}/{group}" if experiment else group, "name": name}
 
 
 def _nonfinite(metrics: dict[str, float]) -> str | None:
@@ -87,6 +89,14 @@ def _nonfinite(metrics: dict[str, float]) -> str | None:
 def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
     origin = _startup_origin.pop() if _startup_origin else time.time()
+    import random
+
+    import numpy as np
+    import torch
+
+    from metaopt.runner.checkpoint import load_checkpoint, set_rng_state
+    from metaopt.runner.validate import validate_config
+
     validate_config(cfg)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
     rank = int(os.environ.get("RANK", "0"))
@@ -131,6 +141,11 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
 
 def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float,
            origin: float, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from metaopt.runner.checkpoint import rng_state, save_checkpoint
+    from metaopt.runner.plots import plot_curves
+
     log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
     # The metrics averaged since the last logged step travel in checkpoints, so that a checkpoint
     # between two logged steps resumes into the same averages.
@@ -193,8 +208,38 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run(cfg, output_dir, _wandb_names(cfg))
+    """``metaopt …`` (``python -m metaopt.run …``): one Hydra job; returns the summary's ``objective``.
+
+    A configuration error (a bad value, an object that cannot be built) prints one line, without a
+    traceback, and exits non-zero; ``HYDRA_FULL_ERROR=1`` shows the traceback. In a ``-m`` sweep a
+    failed job does not stop the others: its error goes to ``error.txt`` in its folder, the sweep's
+    ``report.md`` marks it, the sweeper gets NaN, and the sweep exits non-zero at the end.
+    """
+    from metaopt.runner.errors import config_error_message, full_error_requested
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg, output_dir, _wandb_names(cfg))
+    except Exception as error:
+        if full_error_requested():
+            raise
+        message = config_error_message(error, list(hydra_cfg.overrides.task))
+        if not sweep:
+            if message is None:
+                raise
+            print(message, file=sys.stderr)
+            print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            sys.exit(2)
+        if message is None:
+            traceback.print_exc()
+            message = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
+        from metaopt.runner.report import record_failure
+
+        record_failure(output_dir, message)
+        print(f"job {hydra_cfg.job.num} failed: {message}", file=sys.stderr)
+        return math.nan
     objective = summary.get(cfg.get("objective") or "")
     return float(objective) if isinstance(objective, (int, float)) else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -32,8 +33,9 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
         elif key == "eps":
             require(name, value, _number(value) and value > 0, "a finite number > 0")
         elif key == "betas":
-            ok = len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
-            require(name, list(value), ok, "two numbers in [0, 1)")
+            pair = isinstance(value, Sequence) and not isinstance(value, str)
+            ok = pair and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
+            require(name, list(value) if pair else value, ok, "two numbers in [0, 1)")
 
 
 def validate_config(cfg: DictConfig) -> None:
