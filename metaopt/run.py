@@ -174,7 +174,7 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
             record = {k: v / count for k, v in window.items()}
             if is_eval:
                 record.update(loop.evaluate())
-            logger.log(step, record)
+            logger.log(step, record, evaluation=bool(is_eval))
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(record.items())[:3]}, refresh=False)
             window, count = {}, 0
         bar.update(1)
