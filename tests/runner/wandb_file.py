@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 _BLOCK = 32768
@@ -50,11 +52,23 @@ def _items(items) -> dict:
     return out
 
 
-def read_run(run_folder: str | Path) -> dict:
-    """``{"run": Run record, "config": {...}, "history": [row, ...], "summary": {...}, "files": [...]}``."""
+def read_run(run_folder: str | Path, timeout: float = 30.0) -> dict:
+    """``{"run": Run record, "config": {...}, "history": [row, ...], "summary": {...}, "files": [...]}``.
+
+    wandb's service writes the log on its own: ``run.finish()`` may return before the log ends (seen when a
+    process starts the same run twice), so this waits up to ``timeout`` seconds for its exit record."""
     (path,) = Path(run_folder).glob("*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            log = list(records(path))
+        except DecodeError:  # a record still being written
+            log = []
+        if any(r.WhichOneof("record_type") == "exit" for r in log) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     run, config, history, summary, files = None, {}, [], {}, []
-    for record in records(path):
+    for record in log:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
