@@ -213,7 +213,8 @@ def main(cfg: DictConfig) -> float | None:
     A configuration error (a bad value, an object that cannot be built) prints one line, without a
     traceback, and exits non-zero; ``HYDRA_FULL_ERROR=1`` shows the traceback. In a ``-m`` sweep a
     failed job does not stop the others: its error goes to ``error.txt`` in its folder, the sweep's
-    ``report.md`` marks it, the sweeper gets NaN, and the sweep exits non-zero at the end.
+    ``report.md`` marks it, the sweeper gets ``None`` (Optuna records a failed trial and goes on), and
+    the sweep exits non-zero at the end.
     """
     from metaopt.runner.errors import config_error_message, full_error_requested
 
@@ -239,7 +240,7 @@ def main(cfg: DictConfig) -> float | None:
 
         record_failure(output_dir, message)
         print(f"job {hydra_cfg.job.num} failed: {message}", file=sys.stderr)
-        return math.nan
+        return None
     objective = summary.get(cfg.get("objective") or "")
     return float(objective) if isinstance(objective, (int, float)) else None
 
