@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import re
 import sys
 import time
 import traceback
@@ -17,12 +19,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-# torch, numpy, tqdm, matplotlib, wandb and the tasks are imported by the functions that use them:
-# `metaopt --help`, a bad override or a config error then answer before any of them has loaded.
+from metaopt.checks import require
+from metaopt.runner.folder import RESULT_FILES, RunFolderLock
+from metaopt.runner.validate import check_config_pairing, validate_config, validate_optimizer_config
+
+# torch, numpy, tqdm, matplotlib, wandb, the checkpoints and the tasks are imported by the functions that
+# use them: `metaopt --help` and an invalid override answer before any of them has loaded.
 
 
 def _process_start_time() -> float:
@@ -86,18 +93,174 @@ def _nonfinite(metrics: dict[str, float]) -> str | None:
     return None
 
 
+# Keys that cannot change what a run computes: a resumed run may differ from its checkpoint in these
+# (and in a larger outer.steps). log_every changes only which averages metrics.jsonl holds.
+RESUME_FREE_KEYS = ("logger", "progress", "resume", "overwrite", "checkpoint_every", "log_every", "threads", "name",
+                    "objective")
+_FLOAT32_MAX = 3.4028234663852886e38  # float(numpy.finfo(numpy.float32).max), without importing numpy
+_ABSENT = "<absent>"
+
+
+def _check_run_keys(cfg: DictConfig, container: dict[str, Any]) -> None:
+    """Checks of the runner's own keys and of every number in the config, before anything is written."""
+    for key in ("log_every", "checkpoint_every"):
+        require(key, cfg[key], not isinstance(cfg[key], bool), "a non-negative integer (0: never), not a bool")
+    overwrite = cfg.get("overwrite", False)
+    require("overwrite", overwrite, isinstance(overwrite, bool), "true or false")
+    outer_optimizer = cfg.outer.get("outer_optimizer") if isinstance(cfg.get("outer"), DictConfig) else None
+    if isinstance(outer_optimizer, DictConfig):
+        validate_optimizer_config(outer_optimizer, "outer.outer_optimizer")
+    # The tensors these numbers scale are float32 (mostly): inf, NaN or a number past float32's range
+    # (e.g. lr=1e300, which becomes inf) can only give NaNs a few steps in.
+    for path, value in _leaves(container):
+        if isinstance(value, float):
+            require(path, value, math.isfinite(value), "a finite number")
+            require(path, value, abs(value) <= _FLOAT32_MAX,
+                    f"a number within float32 range (|x| <= {_FLOAT32_MAX:.3g}); larger ones overflow to inf")
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """``(dotted path, value)`` of every leaf of a plain (resolved) config; lists are leaves."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def _with_config_path(error: Exception, container: dict[str, Any], root: str) -> Exception | None:
+    """``error`` ("invalid <field>: …", raised while building ``root``) renamed to the field's config path.
+
+    Classes name their arguments (``invalid sigma``); the config path (``outer.estimator.sigma``) is
+    the unique leaf of the config node being built (else of the whole config) with that last name.
+    ``None`` when the name is already a path of the config or no unique leaf has it.
+    """
+    match = re.match(r"invalid (\S+): ", str(error))
+    if match is None:
+        return None
+    name = match.group(1)
+    # every node's path: leaves and the mappings above them (an argument may be a whole mapping)
+    paths = sorted({".".join(parts[:i]) for path, _ in _leaves(container)
+                    for parts in [path.split(".")] for i in range(1, len(parts) + 1)})
+    if name in paths:
+        return None
+    last = name.rsplit(".", 1)[-1]
+    for scope in (root + ".", ""):
+        found = [p for p in paths if p.startswith(scope) and p.rsplit(".", 1)[-1] == last]
+        if len(found) == 1:
+            return ValueError(f"invalid {found[0]}" + str(error)[len(f"invalid {name}"):])
+        if found:
+            return None
+    return None
+
+
+def _build(root: str, container: dict[str, Any], build):
+    """``build()``, its argument errors naming the config path of the bad field."""
+    try:
+        return build()
+    except (ValueError, InstantiationException) as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ValueError):
+            cause = cause.__cause__
+        renamed = _with_config_path(cause, container, root) if cause is not None else None
+        if renamed is None:
+            raise
+        raise renamed from error
+
+
+def _claim_fresh_start(cfg: DictConfig, folder: Path) -> None:
+    """A run that starts from step 0 in ``folder``: refuse to replace an earlier run's results unless asked."""
+    existing = [name for name in RESULT_FILES if (folder / name).exists()]
+    if not existing:
+        return
+    requeued = cfg.resume in (True, "true", "True") and not (folder / "summary.json").exists()
+    if cfg.get("overwrite", False):
+        for name in existing:  # no stale summary or checkpoint of the old run next to the new one
+            (folder / name).unlink()
+    elif not requeued:  # resume=true before the first checkpoint: the job starts again, as documented
+        raise FileExistsError(
+            f"run folder {folder} holds the results of an earlier run ({', '.join(existing)}): refusing to "
+            "overwrite them. Pass overwrite=true to replace them, or choose another hydra.run.dir")
+
+
+def _check_resume(cfg: DictConfig, container: dict[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``checkpoint`` under a config that could change the result, or with nothing to run."""
+    from metaopt.runner.checkpoint import CheckpointError
+
+    step = int(checkpoint["step"])
+    steps = cfg.outer.get("steps") if isinstance(cfg.get("outer"), DictConfig) else None
+    if isinstance(steps, int) and step >= steps:
+        raise CheckpointError(f"cannot resume from {path}: checkpoint at step {step} but outer.steps={steps}: "
+                              f"nothing left to run (set outer.steps above {step} to continue the run)")
+    saved = checkpoint.get("config")
+    if saved is None:
+        print(f"warning: {path} holds no config (written by an older metaopt): cannot check that this run's "
+              "config matches it", file=sys.stderr)
+        return
+    old, new = dict(_leaves(saved)), dict(_leaves(container))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if key.split(".")[0] in RESUME_FREE_KEYS or before == after:
+            continue
+        if key == "outer.steps" and isinstance(before, int) and isinstance(after, int) and after > before:
+            continue
+        changes.append(f"{key}: {before} -> {after}")
+    if changes:
+        raise CheckpointError(
+            f"cannot resume from {path}: this run's config differs from the one the checkpoint was written "
+            "with:\n  " + "\n  ".join(changes) + f"\nOnly {', '.join(RESUME_FREE_KEYS)} and a larger outer.steps "
+            "may change on resume; start a new run (another hydra.run.dir) to change the others")
+
+
+def _param_groups_mismatch(fresh: Any, saved: Any, path: str = "loop") -> str | None:
+    """Where an optimizer state in ``saved`` has other param groups than the same one in ``fresh``."""
+    if not (isinstance(fresh, dict) and isinstance(saved, dict)):
+        return None
+    for key, value in fresh.items():
+        if key not in saved:
+            continue
+        if key == "param_groups" and isinstance(value, list) and isinstance(saved[key], list):
+            if len(value) != len(saved[key]):
+                return f"{path}.param_groups: {len(saved[key])} groups saved, {len(value)} here"
+            for mine, theirs in zip(value, saved[key]):
+                if isinstance(mine, dict) and isinstance(theirs, dict) and set(mine) != set(theirs):
+                    return (f"{path}.param_groups: the saved optimizer has hyperparameters "
+                            f"{sorted(set(theirs) - set(mine))} that this one lacks and lacks "
+                            f"{sorted(set(mine) - set(theirs))}")
+        else:
+            found = _param_groups_mismatch(value, saved[key], f"{path}.{key}")
+            if found:
+                return found
+    return None
+
+
+def _save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
+    """``.hydra/`` (config, hydra config, overrides), written once the run owns its folder.
+
+    Hydra would write them before the run starts (``hydra.output_subdir`` is null in config.yaml), that
+    is into a folder another run may own.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir) / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                          ("overrides.yaml", hydra_cfg.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(content))
+
+
 def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build the task, optimizer and loop from ``cfg``, train, and return the summary."""
+    """Build the task, optimizer and loop from ``cfg``, train, and return the summary.
+
+    The run owns its folder while it runs (``RunFolderLock``); a second run into it fails at once.
+    """
     origin = _startup_origin.pop() if _startup_origin else time.time()
-    import random
-
-    import numpy as np
-    import torch
-
-    from metaopt.runner.checkpoint import load_checkpoint, set_rng_state
-    from metaopt.runner.validate import validate_config
-
     validate_config(cfg)
+    check_config_pairing(cfg)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    _check_run_keys(cfg, container)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
     rank = int(os.environ.get("RANK", "0"))
     if rank > 0:
@@ -105,6 +268,27 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
         # share of the state (e.g. its particles) in a subfolder, and resumes from there.
         folder = folder / f"rank{rank}"
         checkpoint_path = folder / CHECKPOINT if checkpoint_path else None
+    from metaopt.runner.checkpoint import load_checkpoint
+
+    with RunFolderLock(folder):
+        checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
+        if checkpoint is None:
+            _claim_fresh_start(cfg, folder)
+        else:
+            _check_resume(cfg, container, checkpoint, checkpoint_path)
+        if rank == 0:
+            _save_hydra_files(cfg, output_dir)
+        return _run_owned(cfg, container, folder, checkpoint_path, checkpoint, rank, names, origin)
+
+
+def _run_owned(cfg: DictConfig, container: dict[str, Any], folder: Path, checkpoint_path: Path | None,
+               checkpoint: dict[str, Any] | None, rank: int, names: dict[str, Any] | None,
+               origin: float) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from metaopt.runner.checkpoint import CheckpointError, set_rng_state
+
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -113,26 +297,40 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything is built (and validated) before the first step.
-    task = instantiate(cfg.task)
-    loop = instantiate(cfg.outer)(task=task, optimizer=instantiate(cfg.optimizer), generator=generator)
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    task = _build("task", container, lambda: instantiate(cfg.task))
+    check_config_pairing(cfg, task)
+    loop = _build("outer", container, lambda: instantiate(cfg.outer)(
+        task=task, optimizer=instantiate(cfg.optimizer), generator=generator))
     start = 0
     elapsed = 0.0
     if checkpoint is not None:
-        loop.load_state_dict(checkpoint["loop"])
-        set_rng_state(checkpoint["rng"])
-        start, elapsed = checkpoint["step"], checkpoint["train_seconds"]
+        start, elapsed = int(checkpoint["step"]), checkpoint["train_seconds"]
+        if start >= loop.num_steps:
+            raise CheckpointError(f"cannot resume from {checkpoint_path}: checkpoint at step {start} but the "
+                                  f"loop runs {loop.num_steps} steps: nothing left to run")
+        try:
+            # torch optimizers load another optimizer's param groups without a word (and fail at the first
+            # step): compare their hyperparameter names first.
+            mismatch = _param_groups_mismatch(loop.state_dict(), checkpoint["loop"])
+            if mismatch:
+                raise ValueError(mismatch)
+            loop.load_state_dict(checkpoint["loop"])
+            set_rng_state(checkpoint["rng"])
+        except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as error:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path} does not fit this run ({type(error).__name__}: {error}); it was "
+                "written by a run with another task, optimizer or outer loop") from error
 
     logger_kwargs = dict(names or {})
     if checkpoint is not None and checkpoint.get("wandb_id"):
         logger_kwargs["run_id"] = checkpoint["wandb_id"]
     logger_cfg = cfg.logger if rank == 0 else {"_target_": "metaopt.runner.loggers.LocalLogger",
                                                "_partial_": True}
-    logger = instantiate(logger_cfg)(folder=folder, run_config=OmegaConf.to_container(cfg, resolve=True),
+    logger = instantiate(logger_cfg)(folder=folder, run_config=container,
                                      resume_step=start if checkpoint is not None else None, **logger_kwargs)
     exit_code = 1
     try:
-        summary = _train(cfg, loop, logger, folder, start, elapsed, origin, checkpoint)
+        summary = _train(cfg, loop, logger, folder, start, elapsed, origin, checkpoint, container)
         exit_code = 0
         return summary
     finally:
@@ -140,7 +338,7 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
 
 
 def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float,
-           origin: float, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+           origin: float, checkpoint: dict[str, Any] | None, container: dict[str, Any]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from metaopt.runner.checkpoint import rng_state, save_checkpoint
@@ -183,6 +381,7 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
             save_checkpoint(folder / CHECKPOINT, {
                 "step": step, "loop": loop.state_dict(), "rng": rng_state(), "train_seconds": seconds,
                 "wandb_id": logger.run_id, "window": window, "window_count": count,
+                "config": container,  # what a resumed run is checked against
             })
     bar.close()
     train_seconds = elapsed + time.perf_counter() - began

@@ -11,6 +11,7 @@ The inner steps run without a graph (memory flat in their number); only one doub
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -23,6 +24,10 @@ from metaopt.checks import require
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["ImplicitHypergradient", "ImplicitCG", "ImplicitNeumann", "ImplicitIdentity"]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ImplicitHypergradient:
@@ -59,9 +64,10 @@ class ImplicitCG(ImplicitHypergradient):
     """
 
     def __init__(self, iters: int = 20, damping: float = 0.0, least_squares: bool = False):
-        require("ift_cg.iters", iters, isinstance(iters, int) and iters > 0, "a positive integer")
-        require("ift_cg.damping", damping, isinstance(damping, (int, float)) and damping >= 0,
-                "a number >= 0 (Tikhonov damping added to the Hessian)")
+        require("ift_cg.iters", iters, isinstance(iters, int) and not isinstance(iters, bool) and iters > 0,
+                "a positive integer")
+        require("ift_cg.damping", damping, _finite(damping) and damping >= 0,
+                "a finite number >= 0 (Tikhonov damping added to the Hessian)")
         self.iters = iters
         self.damping = float(damping)
         self.least_squares = bool(least_squares)
@@ -83,10 +89,11 @@ class ImplicitNeumann(ImplicitHypergradient):
 
     def __init__(self, terms: int = 20, alpha: float = 0.1, spectral_bound: float | None = None):
         require("ift_neumann.terms", terms, isinstance(terms, int) and terms >= 0, "a non-negative integer")
-        require("ift_neumann.alpha", alpha, isinstance(alpha, (int, float)) and alpha > 0,
-                "a number > 0 (the Neumann step size)")
-        require("ift_neumann.spectral_bound", spectral_bound, spectral_bound is None or spectral_bound > 0,
-                "null or an upper bound > 0 on the largest Hessian eigenvalue")
+        require("ift_neumann.alpha", alpha, _finite(alpha) and alpha > 0,
+                "a finite number > 0 (the Neumann step size)")
+        require("ift_neumann.spectral_bound", spectral_bound,
+                spectral_bound is None or (_finite(spectral_bound) and spectral_bound > 0),
+                "null or a finite upper bound > 0 on the largest Hessian eigenvalue")
         self.terms = terms
         self.alpha = float(alpha)
         self.spectral_bound = spectral_bound

@@ -1,4 +1,4 @@
-"""The inner optimisation: any functional optimizer of ``metaopt.optim.functional.FUNCTIONAL``.
+"""The inner optimisation: any optimizer with a functional core (``metaopt.optim.specs``).
 
 The same pure update drives the no-graph inner training (implicit hypergradients, re-training) and
 the differentiable unrolled graph (``Unroll``, ``TruncatedUnroll``): the optimizer math exists once.
@@ -13,7 +13,7 @@ import torch
 
 from metaopt._tree import Tensors, tree_detach, tree_leaves, tree_norm
 from metaopt.checks import require
-from metaopt.optim.functional import FUNCTIONAL, resolve
+from metaopt.optim.specs import SPECS, OptimizerSpec, factory_kwargs, spec_for
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["InnerState", "InnerOptimizer", "InnerRun", "run_inner", "inner_residual"]
@@ -27,47 +27,48 @@ class InnerState(NamedTuple):
 
 
 class InnerOptimizer:
-    """A functional optimizer from ``FUNCTIONAL`` with fixed hyperparameters.
+    """An optimizer's functional core with fixed hyperparameters.
 
-    ``InnerOptimizer("sgd", lr=0.1, momentum=0.9)``. ``from_config`` maps the runner's
-    ``cfg.optimizer`` factory (a partial of a ``torch.optim``/``metaopt.optim`` class) onto the entry
-    of the same name: the class name in snake case (``SGD → sgd``, ``Adam → adam``,
-    ``ComplexMomentum → complex_momentum``), its keyword arguments passed on, except that torch's
-    ``betas=(β₁, β₂)`` becomes ``beta1``, ``beta2`` and ``foreach``/``differentiable``/``fused``/
-    ``capturable`` (execution flags of the stateful classes) are dropped.
+    ``InnerOptimizer("sgd", lr=0.1, momentum=0.9)`` (a spec name, an optimizer class or its spec), with
+    the functional core's keyword arguments. ``from_config`` maps the runner's ``cfg.optimizer`` factory
+    (a partial of a ``torch.optim``/``metaopt.optim`` class) onto its spec: the class's keyword arguments
+    become the core's (torch's ``betas=(β₁, β₂)`` becomes ``beta1``, ``beta2``; implementation flags
+    such as ``foreach`` and ``fused`` are dropped), checked against their domains.
     """
 
-    def __init__(self, name: str = "sgd", **hyperparameters: Any):
-        require("inner optimizer", name, name in FUNCTIONAL,
-                f"one of {sorted(FUNCTIONAL)} (metaopt.optim.functional)")
-        self.name = name
-        self.functional = FUNCTIONAL[name]
+    def __init__(self, name: str | type | OptimizerSpec = "sgd", **hyperparameters: Any):
+        spec = spec_for(name)
+        require("inner optimizer", name, spec is not None,
+                f"an optimizer with a functional core: {sorted(s.name for s in SPECS.values())} "
+                "(metaopt.optim.specs)")
+        self.spec = spec
+        self.name = spec.name
+        allowed = {*spec.hyperparameters, *spec.flags, *spec.implied}
+        unknown = sorted(set(hyperparameters) - allowed)
+        require("inner optimizer hyperparameters", unknown, not unknown,
+                f"the arguments of metaopt.optim.functional.{spec.functional.update.__name__}: {sorted(allowed)}")
+        spec.check(hyperparameters, "optimizer")
         self.hyperparameters = dict(hyperparameters)
-        probe = torch.zeros(1)
-        try:
-            self.functional.update((probe,), (probe,), self.functional.init((probe,)), **self.hyperparameters)
-        except TypeError as error:
-            raise ValueError(f"invalid optimizer hyperparameters for {name!r}: "
-                             f"{sorted(self.hyperparameters)} "
-                             f"(allowed: the keyword arguments of metaopt.optim.functional.{name}; "
-                             f"{error})") from None
 
     @classmethod
     def from_config(cls, factory: Callable | None, name: str | None = None) -> InnerOptimizer:
         """The inner optimizer that ``factory`` (``instantiate(cfg.optimizer)``) describes."""
+        require("outer.inner_optimizer", name, factory is not None or name is not None,
+                "an optimizer spec name (metaopt.optim.specs) when there is no cfg.optimizer")
         if factory is None:
-            require("outer.inner_optimizer", name, name is not None,
-                    "a metaopt.optim.functional entry when there is no cfg.optimizer")
             return cls(name)
-        name, hyper = resolve(factory, name)
-        return cls(name, **hyper)
+        spec = spec_for(name if name is not None else factory)
+        target = getattr(factory, "func", factory)
+        require("optimizer", getattr(target, "__name__", repr(target)), spec is not None,
+                "an optimizer with a functional core (differentiable inner steps need one): "
+                f"{', '.join(s.optimizer.__name__ for s in SPECS.values())}")
+        return cls(spec, **spec.functional_kwargs(factory_kwargs(factory)))
 
     def init(self, params: Tensors) -> InnerState:
-        return InnerState(tuple(params), self.functional.init(tuple(params)))
+        return InnerState(tuple(params), self.spec.init(tuple(params), self.hyperparameters))
 
     def step(self, state: InnerState, grads: Tensors) -> InnerState:
-        params, opt_state = self.functional.update(state.params, grads, state.opt_state,
-                                                   **self.hyperparameters)
+        params, opt_state = self.spec.update(state.params, grads, state.opt_state, **self.hyperparameters)
         return InnerState(tuple(params), opt_state)
 
     def __repr__(self) -> str:

@@ -17,6 +17,10 @@ class APOLoop(TrainingLoop):
     ``conf/optimizer/apo_*.yaml`` select this loop, so ``python -m metaopt.run optimizer=apo_lr`` is enough.
     """
 
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        return None
+
     def step(self) -> dict[str, float]:
         inputs, targets = self.task.sample_batch(self.generator)
         self.optimizer.zero_grad(set_to_none=True)

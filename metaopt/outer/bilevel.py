@@ -16,6 +16,7 @@ implicit ones a single double-backward graph at the final inner parameters.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from metaopt.bilevel.implicit import ImplicitCG
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning
 from metaopt.checks import require
+from metaopt.optim.specs import SPECS, spec_for
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["BilevelLoop", "MODES"]
@@ -40,13 +42,23 @@ class BilevelLoop:
     """``steps`` hypergradient steps on the outer parameters of ``task`` (a ``BilevelProblem``).
 
     ``optimizer`` is the runner's ``cfg.optimizer`` factory: it names the *inner* optimizer, mapped to
-    the functional core of the same name (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
+    its functional core (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
     ``FUNCTIONAL`` entry directly). ``outer_optimizer`` is a factory of a ``torch.optim`` optimizer
     over the outer parameters; ``hypergradient`` one of ``Unroll``, ``TruncatedUnroll``,
     ``ImplicitCG``, ``ImplicitNeumann``, ``ImplicitIdentity``. ``retrain_steps`` (default: the inner
     steps of one cold-start solve, or all inner steps of a warm-start run) is the length of the
     from-scratch re-training of the final evaluation.
     """
+
+    accepts = ("bilevel",)
+
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        if spec_for(optimizer) is not None:
+            return None
+        known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
+        return (f"{optimizer.__name__} has no functional core, which the bilevel inner steps run on (to "
+                f"differentiate through them, and to take them without a graph): use one of {known}")
 
     def __init__(self, task: BilevelProblem, optimizer: Callable | None = None,
                  generator: torch.Generator | None = None, mode: str = "cold_start",
@@ -59,7 +71,9 @@ class BilevelLoop:
         require("outer.mode", mode, mode in MODES, f"one of {MODES}")
         for name, value in (("steps", steps), ("inner_steps", inner_steps)):
             require(f"outer.{name}", value, isinstance(value, int) and value > 0, "a positive integer")
-        require("outer.tolerance", tolerance, tolerance is None or tolerance > 0, "null or a number > 0")
+        require("outer.tolerance", tolerance, tolerance is None or (
+            isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and math.isfinite(tolerance)
+            and tolerance > 0), "null or a finite number > 0")
         require("outer.retrain_steps", retrain_steps,
                 retrain_steps is None or (isinstance(retrain_steps, int) and retrain_steps > 0),
                 "null or a positive integer")

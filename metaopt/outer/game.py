@@ -22,6 +22,15 @@ class GameLoop:
     overrides it per player name. Each is called as ``factory(params, maximize=game.maximize[name])``.
     """
 
+    accepts = ("game",)
+
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        if getattr(optimizer, "meta_step", None) is not None:
+            return (f"outer=game with {optimizer.__name__}: its meta-step needs a supervised model and batches, "
+                    "which a game has none of (play a game with complex_momentum, complex_adam, sgd, adam, …)")
+        return None
+
     def __init__(self, task: Game, optimizer: Callable, steps: int = 1000, eval_every: int = 100,
                  updates: str = "simultaneous", player_optimizers: Mapping[str, Callable] | None = None,
                  generator: torch.Generator | None = None):

@@ -21,6 +21,15 @@ class TrainingLoop:
     ``torch.optim.Optimizer`` and any ``torch.optim.lr_scheduler`` work, stepped once per step.
     """
 
+    accepts = ("supervised",)
+
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        if getattr(optimizer, "meta_step", None) is not None:
+            return (f"outer=none never calls {optimizer.__name__}'s meta_step, so it would train as its base "
+                    "optimizer (use outer=apo, which optimizer=apo_* selects unless outer= is given)")
+        return None
+
     def __init__(self, task: SupervisedTask, optimizer: Callable, steps: int = 2000, eval_every: int = 100,
                  scheduler: Callable | None = None, generator: torch.Generator | None = None):
         require("outer.steps", steps, isinstance(steps, int) and steps > 0, "a positive integer")

@@ -13,10 +13,14 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
+from metaopt.optim.specs import SPECS, spec_for
 from metaopt.tasks.data import Split, SplitData
+from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask
+from metaopt.tasks.unrolled.game_run import GameRun
 from metaopt.tasks.unrolled.problem import UnrolledProblem
 from metaopt.tasks.unrolled.training_run import TrainingRun
+from metaopt.tasks.unrolled.tuning import TunedRun
 
 __all__ = ["UnrolledLoop"]
 
@@ -44,19 +48,35 @@ def _rank_device(task: SupervisedTask) -> None:
 class UnrolledLoop:
     """Outer loop: ``θ ← outer_optimizer(θ, ĝ)`` with ``ĝ`` from ``estimator`` (one truncation per step).
 
-    ``task`` is either an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``) or a
-    ``SupervisedTask``; the latter is wrapped in a ``TrainingRun`` (``problem`` holds its arguments:
-    ``tuned``, ``schedule``, ``per_layer``, ``horizon``, …) whose inner optimizer is ``optimizer``, the
-    factory of ``cfg.optimizer`` mapped to its functional core (``torch.optim.SGD`` → ``sgd``,
-    ``torch.optim.Adam`` → ``adam``; its other arguments stay fixed). ``estimator`` and
-    ``outer_optimizer`` are factories (``_partial_`` configs); any ``torch.optim`` or metaopt optimizer
-    works as the outer optimizer. ``grid`` (TrainingRun only), e.g. ``{lr: [...], momentum: [...]}``,
-    is a set of fixed settings evaluated at the end for comparison with the start and the tuned θ.
+    ``task`` is an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``), a ``SupervisedTask``
+    (wrapped in a ``TrainingRun``: a whole training run) or a ``Game`` (wrapped in a ``GameRun``: a whole
+    game run). The wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
+    functional core (its spec, ``metaopt.optim.specs``): θ are its hyperparameters, by default its
+    natural knobs from the values the factory carries; ``problem`` holds the wrapper's arguments
+    (``tuned``, ``schedule``, ``per_layer``, ``horizon``, …). ``estimator`` and ``outer_optimizer`` are
+    factories (``_partial_`` configs); any ``torch.optim`` or metaopt optimizer works as the outer
+    optimizer. ``grid`` (wrapped tasks only), e.g. ``{lr: [...], momentum: [...]}``, is a set of fixed
+    settings evaluated at the end for comparison with the start and the tuned θ.
 
     Under ``torchrun`` every process holds a block of the particles; the estimate is all-reduced, so θ
     and the outer optimizer state are identical on every rank. The state dict holds this rank's
     particle states, accumulators, generators, θ and the outer optimizer state.
     """
+
+    accepts = ("supervised", "game", "unrolled")
+
+    @staticmethod
+    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+        if kind == "unrolled" or spec_for(optimizer) is not None:
+            return None
+        known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
+        why = (f"{optimizer.__name__} has no functional core: an ES/TBPTT loop runs every particle's whole "
+               f"{'game' if kind == 'game' else 'training run'} through one (with a spec: {known}; "
+               "declare yours with metaopt.optim.specs.register)")
+        if getattr(optimizer, "meta_step", None) is not None:
+            why += (f"; {optimizer.__name__} tunes its own step size online: train with outer=apo, or tune its "
+                    "base optimizer here (e.g. optimizer=sgd_momentum)")
+        return why
 
     def __init__(self, task: SupervisedTask | UnrolledProblem, estimator: Callable, outer_optimizer: Callable,
                  optimizer: Callable | str | None = None, generator: torch.Generator | None = None,
@@ -66,16 +86,23 @@ class UnrolledLoop:
         require("outer.eval_every", eval_every, isinstance(eval_every, int) and eval_every >= 0,
                 "a non-negative integer (0: only at the end)")
         problem_args = dict(_plain(problem) or {})
+        optimizer = optimizer if optimizer is not None else "sgd"
         if isinstance(task, UnrolledProblem):
             self.problem = task
+        elif isinstance(task, Game):
+            # Supervised-only arguments of the shared config: refuse a value that would be ignored.
+            require("outer.problem.compile", problem_args.get("compile"), not problem_args.pop("compile", False),
+                    "false for a game (compile=true applies to supervised training runs)")
+            problem_args.pop("meta_split", None)
+            self.problem = GameRun(task, optimizer, **problem_args)
         else:
             require("task", type(task).__name__, isinstance(task, SupervisedTask),
-                    "a SupervisedTask or an UnrolledProblem")
+                    "a SupervisedTask, a Game or an UnrolledProblem")
             _rank_device(task)
-            self.problem = TrainingRun(task, optimizer if optimizer is not None else "sgd", **problem_args)
+            self.problem = TrainingRun(task, optimizer, **problem_args)
         self.grid = {k: list(v) for k, v in (_plain(grid) or {}).items()}
-        require("outer.grid", self.grid, not self.grid or isinstance(self.problem, TrainingRun),
-                "null unless the task is a SupervisedTask (a TrainingRun)")
+        require("outer.grid", self.grid, not self.grid or isinstance(self.problem, TunedRun),
+                "null unless the task is a SupervisedTask or a Game (whose optimizer is tuned)")
         init_distributed(self.problem.device)
         self.num_steps = steps
         self.eval_every = eval_every
@@ -104,8 +131,8 @@ class UnrolledLoop:
         return self.problem.evaluate(self.theta.detach())
 
     def _comparison(self) -> dict[str, dict[str, float]]:
-        """Evaluations of the starting θ, the tuned θ and (TrainingRun with ``grid``) the best grid point."""
-        if not isinstance(self.problem, TrainingRun):
+        """Evaluations of the starting θ, the tuned θ and (a tuned optimizer with ``grid``) the best grid point."""
+        if not isinstance(self.problem, TunedRun):
             return {"start": self.problem.evaluate(self.theta_start), "tuned": self.evaluate()}
         candidates = [self.theta_start, self.theta.detach()]
         settings = []

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from metaopt.runner.report import markdown_table  # noqa: E402
 from metaopt.tasks.unrolled.problem import UnrolledProblem  # noqa: E402
-from metaopt.tasks.unrolled.training_run import TrainingRun  # noqa: E402
+from metaopt.tasks.unrolled.tuning import TunedRun  # noqa: E402
 
 __all__ = ["plot_unrolled_run", "write_comparison_table", "comparison_rows"]
 
@@ -54,9 +54,9 @@ def write_comparison_table(problem: UnrolledProblem, theta_start: torch.Tensor, 
 
 def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final: dict[str, dict[str, float]],
                       path: Path) -> Path:
-    """θ (as ``problem.describe`` shows it) over outer steps; for a TrainingRun also the learning-rate
+    """θ (as ``problem.describe`` shows it) over outer steps; for a tuned optimizer also the learning-rate
     schedules of the start, the tuned θ and the best grid point."""
-    panels = 2 if isinstance(problem, TrainingRun) else 1
+    panels = 2 if isinstance(problem, TunedRun) and "lr" in problem.tuning.spec.hyperparameters else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), squeeze=False)
     described = [problem.describe(theta) for theta in trajectory]
     ax = axes[0][0]
@@ -68,7 +68,7 @@ def plot_unrolled_run(problem: UnrolledProblem, trajectory: torch.Tensor, final:
     ax.set_title("outer parameters")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    if isinstance(problem, TrainingRun):
+    if panels == 2:
         ax = axes[0][1]
         steps = torch.arange(problem.horizon)
         schedules = {"start": trajectory[0], "tuned": trajectory[-1]}

@@ -97,10 +97,11 @@ def config_error_message(error: BaseException, overrides: Sequence[str] = ()) ->
     if text.startswith("invalid "):  # metaopt's own checks already name the field, value and what is allowed
         return f"error: {text}"
     group, signature = _builder(cause)
-    involved = [o for o in overrides if group is None or o.lstrip("+~").startswith(group)]
-    message = f"error: {type(cause).__name__}: {text}"
-    if involved:
-        message = f"error: {' '.join(involved)}: {type(cause).__name__}: {text}"
+    kind = f"{type(cause).__name__}: " if type(cause).__module__ == "builtins" else ""
+    if group is None:  # not raised by a constructor: the message is all there is to say
+        return f"error: {kind}{text}"
+    involved = [o for o in overrides if o.lstrip("+~").startswith(group)]
+    message = f"error: {' '.join(involved)}: {kind}{text}" if involved else f"error: {group}: {kind}{text}"
     if signature:
         message += f" (allowed: {signature})"
     return message

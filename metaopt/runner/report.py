@@ -32,6 +32,7 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     runs = []
     folders = {p.parent for p in Path(sweep_dir).glob("*/summary.json")}
     folders |= {p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml")}
+    folders |= {p.parent for p in Path(sweep_dir).glob(f"*/{ERROR_FILE}")}
     for folder in sorted(folders, key=lambda p: p.name):
         overrides_path = folder / ".hydra" / "overrides.yaml"
         overrides = []

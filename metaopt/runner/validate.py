@@ -6,11 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hydra._internal.utils import _locate
 from omegaconf import DictConfig
 
 from metaopt.checks import require
 
-__all__ = ["validate_config", "validate_optimizer_config"]
+__all__ = ["validate_config", "validate_optimizer_config", "check_config_pairing"]
 
 _NONNEGATIVE = ("lr", "weight_decay", "momentum", "dampening", "meta_lr")
 _UNIT_INTERVAL = ("momentum", "dampening")
@@ -46,3 +47,40 @@ def validate_config(cfg: DictConfig) -> None:
     require("threads", threads, threads is None or (isinstance(threads, int) and threads > 0),
             "null or a positive integer")
     validate_optimizer_config(cfg.optimizer)
+
+
+def _target_class(node: Any) -> type | None:
+    """The class a config node's ``_target_`` names (``None``: no node, or a function such as a user's
+    task factory, whose product is known only once built)."""
+    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
+    if not isinstance(target, str):
+        return None
+    try:
+        located = _locate(target)
+    except Exception:  # an unknown target: instantiate reports it with Hydra's own message
+        return None
+    return located if isinstance(located, type) else None
+
+
+def _choices() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        return ", ".join(f"{group}={choices[group]}" for group in ("outer", "optimizer", "task") if group in choices)
+    except (ValueError, ImportError):  # not inside a Hydra run (the compose API, tests)
+        return ""
+
+
+def check_config_pairing(cfg: DictConfig, task: Any = None) -> None:
+    """Refuse, before anything is built, an outer loop that cannot drive the task or use the optimizer
+    (``metaopt.outer.pairing``); with the built ``task``, check what its config could not tell."""
+    from metaopt.outer.pairing import check_pairing
+
+    loop_type = _target_class(cfg.outer)
+    if loop_type is None or not hasattr(loop_type, "accepts"):
+        return
+    task_type = type(task) if task is not None else _target_class(cfg.task)
+    if task is not None and _target_class(cfg.task) is type(task):
+        return  # checked before it was built
+    check_pairing(loop_type, task_type, _target_class(cfg.optimizer), cfg.outer.keys(), _choices())

@@ -2,6 +2,7 @@
 synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients) and games."""
 
 from metaopt.tasks import data
+from metaopt.tasks.arrays import from_arrays
 from metaopt.tasks.autoencoder import Autoencoder
 from metaopt.tasks.bilevel import (
     BilevelProblem,
@@ -14,10 +15,17 @@ from metaopt.tasks.games import BilinearGame, Game, GANMixture, MixedGame, Quadr
 from metaopt.tasks.linreg import LinearRegression
 from metaopt.tasks.models import MLP
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.unrolled import InfluenceBalancing, ParticleState, Toy2DSchedule, TrainingRun, UnrolledProblem
+from metaopt.tasks.unrolled import (
+    GameRun,
+    InfluenceBalancing,
+    ParticleState,
+    Toy2DSchedule,
+    TrainingRun,
+    UnrolledProblem,
+)
 
 __all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
-           "UnrolledProblem", "ParticleState", "TrainingRun", "InfluenceBalancing", "Toy2DSchedule",
+           "UnrolledProblem", "ParticleState", "TrainingRun", "GameRun", "InfluenceBalancing", "Toy2DSchedule",
            "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
            "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
-           "GANMixture"]
+           "GANMixture", "from_arrays"]

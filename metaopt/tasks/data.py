@@ -3,7 +3,9 @@
 Nothing is downloaded. MNIST-style folders hold the four IDX files (``train-images-idx3-ubyte``,
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, optionally
 gzipped) as distributed by their authors; CIFAR-10 is the ``cifar-10-batches-py`` folder of the
-python version (``data_batch_1..5``, ``test_batch``).
+python version (``data_batch_1..5``, ``test_batch``), read by an unpickler that admits only the numpy
+array reconstruction those pickles need (a crafted batch cannot run code). MNIST files are checked
+against the IDX format (magic numbers, 28x28 images, labels in 0..9, as many labels as images).
 """
 
 from __future__ import annotations
@@ -63,42 +65,114 @@ def _data_root(data_root: str | None, name: str) -> Path:
     return root
 
 
-def _open_maybe_gz(root: Path, stem: str):
+def _find_maybe_gz(root: Path, stem: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz"):
         if candidate.is_file():
-            return gzip.open(candidate, "rb") if candidate.suffix == ".gz" else open(candidate, "rb")
+            return candidate
     raise FileNotFoundError(f"{root} has neither {stem} nor {stem}.gz")
 
 
-def read_idx(root: Path, stem: str) -> np.ndarray:
-    """Read one IDX file (the MNIST format: magic, big-endian dimension sizes, then uint8 data)."""
-    with _open_maybe_gz(root, stem) as f:
-        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError(f"{root / stem} is not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+# IDX magic numbers: two zero bytes, 0x08 (unsigned bytes), then the number of dimensions.
+_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
+_NUM_CLASSES = 10
+
+
+def read_idx(root: Path, stem: str, magic: int | None = None) -> np.ndarray:
+    """Read one IDX file (the MNIST format: magic, big-endian dimension sizes, then uint8 data).
+
+    ``magic`` (e.g. ``0x00000803``: unsigned bytes, three dimensions) is the one the file must have.
+    Every error names the file.
+    """
+    path = _find_maybe_gz(root, stem)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        header = f.read(4)
+        if len(header) < 4:
+            raise ValueError(f"{path}: not an IDX file (too short for the 4-byte magic number)")
+        found = struct.unpack(">I", header)[0]
+        zero, dtype_code, ndim = struct.unpack(">HBB", header)
+        if zero != 0 or dtype_code != 0x08 or (magic is not None and found != magic):
+            expected = f"0x{magic:08x}" if magic is not None else "0x000008nn (unsigned bytes)"
+            raise ValueError(f"{path}: magic number 0x{found:08x}, expected {expected}; is it the right "
+                             f"IDX file?")
+        sizes = f.read(4 * ndim)
+        if len(sizes) < 4 * ndim:
+            raise ValueError(f"{path}: IDX header too short for its {ndim} dimension sizes")
+        shape = struct.unpack(f">{ndim}I", sizes)
         data = np.frombuffer(f.read(), dtype=np.uint8)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{root / stem}: expected {int(np.prod(shape))} values, found {data.size}")
+        raise ValueError(f"{path}: the header says {tuple(shape)} ({int(np.prod(shape))} values), the file holds "
+                         f"{data.size}")
     return data.reshape(shape)
+
+
+def _read_images_and_labels(root: Path, images_stem: str, labels_stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of an MNIST-format folder, checked: 28x28 images, labels in 0..9, as many of each."""
+    images = read_idx(root, images_stem, _IMAGES_MAGIC)
+    labels = read_idx(root, labels_stem, _LABELS_MAGIC)
+    images_path, labels_path = _find_maybe_gz(root, images_stem), _find_maybe_gz(root, labels_stem)
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: images of shape {images.shape}, expected (N, 28, 28)")
+    bad = np.flatnonzero(labels >= _NUM_CLASSES)
+    if bad.size:
+        raise ValueError(f"{labels_path}: labels must be in 0..{_NUM_CLASSES - 1} (found "
+                         f"{int(labels[bad[0]])} at index {int(bad[0])})")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                         f"{len(labels)} labels")
+    return images, labels
 
 
 def load_mnist(data_root: str | None = None, val_fraction: float = 1 / 6, split_seed: int = 0,
                name: str = "MNIST") -> SplitData:
     """MNIST-format folder; the validation split is carved out of the training set."""
     root = _data_root(data_root, name)
+    x_train, y_train = _read_images_and_labels(root, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    x_test, y_test = _read_images_and_labels(root, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     # A channel axis (N, 1, 28, 28) so that convolutional models take the images as they are.
-    x_train = read_idx(root, "train-images-idx3-ubyte").astype(np.float32)[:, None] / 255.0
-    y_train = read_idx(root, "train-labels-idx1-ubyte").astype(np.int64)
-    x_test = read_idx(root, "t10k-images-idx3-ubyte").astype(np.float32)[:, None] / 255.0
-    y_test = read_idx(root, "t10k-labels-idx1-ubyte").astype(np.int64)
-    split = _split(x_train, y_train, val_fraction, 0.0, split_seed)
-    return split._replace(test=Split(torch.as_tensor(x_test), torch.as_tensor(y_test)))
+    x_train = x_train.astype(np.float32)[:, None] / 255.0
+    x_test = x_test.astype(np.float32)[:, None] / 255.0
+    split = _split(x_train, y_train.astype(np.int64), val_fraction, 0.0, split_seed)
+    return split._replace(test=Split(torch.as_tensor(x_test), torch.as_tensor(y_test.astype(np.int64))))
 
 
 def load_fashion_mnist(data_root: str | None = None, val_fraction: float = 1 / 6, split_seed: int = 0) -> SplitData:
     """Fashion-MNIST: same file format and layout as MNIST."""
     return load_mnist(data_root, val_fraction, split_seed, name="Fashion-MNIST")
+
+
+# What a CIFAR-10 python batch (a dict of bytes keys, lists and one uint8 array) needs to be rebuilt,
+# whichever numpy and pickle protocol wrote it. Nothing here can run code or touch files.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in protocols 0-2 written by Python 3
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the objects of a CIFAR-10 batch and refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR-10 batch)")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module.removeprefix("numpy.core.")  # numpy 2 renamed numpy.core
+        return super().find_class(module, name)
+
+
+def _load_cifar_batch(path: Path) -> dict:
+    """One python-version CIFAR-10 batch, through ``_CifarUnpickler`` (never a plain ``pickle.load``)."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({error})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels', "
+                         f"found {found})")
+    return batch
 
 
 def load_cifar10(data_root: str | None = None, val_fraction: float = 0.1, split_seed: int = 0) -> SplitData:
@@ -113,9 +187,7 @@ def load_cifar10(data_root: str | None = None, val_fraction: float = 0.1, split_
             path = root / n
             if not path.is_file():
                 raise FileNotFoundError(f"CIFAR-10 batch {path} is missing")
-            with open(path, "rb") as f:
-                # The official distribution format is a pickle; only load folders you trust.
-                batch = pickle.load(f, encoding="bytes")
+            batch = _load_cifar_batch(path)
             xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
         return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)

@@ -37,7 +37,8 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 class GradientEstimator:
     """Base of the estimators: ``estimate(theta) -> (gradient, info)`` advances the particles one truncation.
 
-    ``info`` holds ``loss`` (the mean unroll loss ``L^(τ)`` over the particles kept, all ranks),
+    ``info`` holds ``loss`` (the mean unroll loss ``L^(τ)`` over the particles kept, all ranks; NaN,
+    with a NaN gradient, when none is kept),
     ``losses`` and ``resets`` (this rank's particles), ``diverged`` (this rank's particles whose loss
     was NaN/Inf: they and their antithetic partners are dropped from the estimate and reset),
     ``num_diverged`` (all ranks) and ``particle_estimates`` (this rank's per-particle terms whose
@@ -130,7 +131,11 @@ class GradientEstimator:
 
     def _reduce(self, weighted: torch.Tensor, unroll_loss: torch.Tensor,
                 kept: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``ĝ = Σ_i w_i / (nσ²)`` over the ``n`` kept particles of all ranks (``w_i``: loss·perturbation)."""
+        """``ĝ = Σ_i w_i / (nσ²)`` over the ``n`` kept particles of all ranks (``w_i``: loss·perturbation).
+
+        With no particle kept (all diverged) there is no estimate: the loss and every entry of the
+        gradient are NaN, so that neither can pass for a perfect loss with a zero gradient.
+        """
         weighted = torch.where(kept[:, None], weighted, torch.zeros_like(weighted))
         kept_loss = torch.where(kept, unroll_loss, torch.zeros_like(unroll_loss))
         totals = torch.cat([weighted.sum(0), kept_loss.sum()[None], kept.sum()[None].to(weighted.dtype),
@@ -138,8 +143,9 @@ class GradientEstimator:
         totals = _all_reduce(totals)
         dim = self.problem.dim
         count = totals[dim + 1]
-        gradient = totals[:dim] / (count.clamp_min(1) * self.sigma**2)
-        info = {"loss": float(totals[dim] / count.clamp_min(1)), "num_diverged": int(totals[dim + 2]),
+        # 0/0 where nothing was kept: NaN, not the 0 that an empty sum would suggest.
+        gradient = totals[:dim] / (count * self.sigma**2)
+        info = {"loss": float(totals[dim] / count), "num_diverged": int(totals[dim + 2]),
                 "particle_estimates": weighted / self.sigma**2}
         return gradient, info
 

@@ -13,7 +13,7 @@ from tests.bilevel._problems import LeastSquares
 
 
 def test_negative_damping_is_rejected():
-    with pytest.raises(ValueError, match=r"invalid ift_cg\.damping: -0\.1 \(allowed: a number >= 0"):
+    with pytest.raises(ValueError, match=r"invalid ift_cg\.damping: -0\.1 \(allowed: a finite number >= 0"):
         ImplicitCG(iters=10, damping=-0.1)
 
 
@@ -111,8 +111,11 @@ def test_plain_supervised_task_is_rejected_with_the_bilevel_tasks_named():
 def test_inner_optimizer_hyperparameters_are_checked():
     with pytest.raises(ValueError, match=r"invalid inner optimizer: 'lbfgs'"):
         InnerOptimizer("lbfgs", lr=0.1)
-    with pytest.raises(ValueError, match=r"invalid optimizer hyperparameters for 'sgd': \['lr', 'rho'\]"):
+    with pytest.raises(ValueError, match=r"invalid inner optimizer hyperparameters: \['rho'\] \(allowed: the "
+                       r"arguments of metaopt.optim.functional.sgd: \['dampening', 'lr', "):
         InnerOptimizer("sgd", lr=0.1, rho=0.5)
+    with pytest.raises(ValueError, match=r"invalid optimizer.momentum: 1.5 \(allowed: a number in \[0, 1\)\)"):
+        InnerOptimizer("sgd", lr=0.1, momentum=1.5)
 
 
 def test_truncation_length():
@@ -142,3 +145,13 @@ def test_plain_cg_on_a_singular_hessian_with_an_outside_right_hand_side_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ImplicitCG(iters=20, least_squares=True)(problem, optimizer, problem.init_outer(), start, 600)
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (lambda: ImplicitCG(iters=10, damping=float("inf")), r"invalid ift_cg\.damping: inf \(allowed: a finite number"),
+    (lambda: ImplicitCG(iters=True), r"invalid ift_cg\.iters: True"),
+    (lambda: ImplicitNeumann(terms=5, alpha=float("nan")), r"invalid ift_neumann\.alpha: nan"),
+])
+def test_non_finite_solver_settings_are_rejected(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()

@@ -132,20 +132,3 @@ def test_per_tensor_hyperparameters():
     new, _ = sgd(params, grads, sgd_init(params), lr=[0.1, 0.0])
     torch.testing.assert_close(new[0], params[0] - 0.1 * grads[0])
     assert torch.equal(new[1], params[1])
-
-
-def test_resolve_maps_optimizer_factories_to_functional_cores():
-    import functools
-
-    from metaopt.optim import ComplexMomentum
-    from metaopt.optim.functional import resolve
-
-    assert resolve(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, foreach=True)) == \
-        ("sgd", {"lr": 0.1, "momentum": 0.9})
-    assert resolve(functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.8, 0.99), fused=False)) == \
-        ("adam", {"lr": 1e-3, "beta1": 0.8, "beta2": 0.99})
-    assert resolve(functools.partial(ComplexMomentum, lr=0.1, angle=0.3)) == \
-        ("complex_momentum", {"lr": 0.1, "angle": 0.3})
-    assert resolve("adam") == ("adam", {})
-    with pytest.raises(ValueError, match=r"invalid optimizer: 'rmsprop' \(allowed: an optimizer with a functional"):
-        resolve(functools.partial(torch.optim.RMSprop, lr=0.1))

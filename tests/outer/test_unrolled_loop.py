@@ -41,7 +41,7 @@ def test_every_estimator_config_tunes_digits(outer, tmp_path):
     if outer == "full_es":
         overrides.remove("outer.estimator.truncation_length=5")
     loop = _loop(_config(overrides))
-    assert isinstance(loop.problem, TrainingRun) and loop.problem.optimizer_name == "sgd"
+    assert isinstance(loop.problem, TrainingRun) and loop.problem.spec.name == "sgd"
     assert loop.problem.fixed == {"nesterov": False, "weight_decay": 0.0}  # lr, momentum are tuned
     start = loop.theta.detach().clone()
     for _ in range(loop.num_steps):

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -77,3 +79,49 @@ def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path):
     loaded = load_checkpoint(path)
     set_rng_state(loaded["rng"])
     assert torch.equal(torch.rand(5), expected) and loaded["step"] == 7
+
+
+def _first_run(make_config, folder):
+    from metaopt.run import run
+
+    base = ["task=linreg", "optimizer=sgd", "outer.steps=10", "checkpoint_every=5", "log_every=5"]
+    run(make_config(*base), folder)
+    assert load_checkpoint(folder / "checkpoint.pt")["config"]["optimizer"]["lr"] is not None
+    return base
+
+
+@pytest.mark.parametrize("changes,listed", [
+    (["optimizer=sgd_momentum"], [r"optimizer\.momentum: <absent> -> 0\.9"]),
+    (["optimizer.lr=0.05"], [r"optimizer\.lr: 0\.1 -> 0\.05"]),
+    (["outer.steps=8", "seed=3"], [r"outer\.steps: 10 -> 8", r"seed: 0 -> 3"]),
+])
+def test_resume_refuses_a_changed_config_and_lists_the_keys(make_config, tmp_path, changes, listed):
+    from metaopt.run import run
+    from metaopt.runner.checkpoint import CheckpointError
+
+    base = _first_run(make_config, tmp_path)
+    summary = (tmp_path / "summary.json").read_text()
+    with pytest.raises(CheckpointError, match=rf"cannot resume from {tmp_path / 'checkpoint.pt'}: .*config") as info:
+        run(make_config(*base, *changes, "resume=true"), tmp_path)
+    for pattern in listed:
+        assert re.search(pattern, str(info.value)), str(info.value)
+    assert (tmp_path / "summary.json").read_text() == summary
+
+
+def test_resume_past_the_last_step_says_nothing_is_left(make_config, tmp_path):
+    from metaopt.run import run
+    from metaopt.runner.checkpoint import CheckpointError
+
+    base = _first_run(make_config, tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint at step 5 .*outer\.steps=4: nothing left to run"):
+        run(make_config(*base, "outer.steps=4", "resume=true"), tmp_path)
+
+
+def test_resume_accepts_changes_that_cannot_change_the_result(make_config, tmp_path):
+    from metaopt.run import run
+
+    base = _first_run(make_config, tmp_path)
+    summary = run(make_config(*base, "outer.steps=20", "log_every=2", "checkpoint_every=3", "threads=1",
+                              "progress=true", "resume=true"), tmp_path)
+    assert summary["steps"] == 20
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["outer"]["steps"] == 20

@@ -82,6 +82,23 @@ def test_unknown_config_name_lists_the_valid_ones(tmp_path):
      r"invalid MNIST data_root: '/nonexistent/mnist' \(allowed: an existing folder holding MNIST\)"),
     (["resume=/nonexistent/run"], r"invalid resume: '/nonexistent/run'"),
     (["seed=-1"], r"invalid seed: -1"),
+    # nested configs keep their path in the message
+    (["outer=pes", "outer.outer_optimizer.lr=-1"], r"invalid outer.outer_optimizer.lr: -1 \(allowed"),
+    (["outer=pes", "outer.outer_optimizer.lr=fast"], r"invalid outer.outer_optimizer.lr: 'fast' \(allowed"),
+    (["outer=pes", "optimizer=sgd", "outer.estimator.sigma=0"],
+     r"invalid outer.estimator.sigma: 0 \(allowed: a finite number > 0"),
+    (["outer=pes", "optimizer=sgd", "outer.estimator.num_particles=3"],
+     r"invalid outer.estimator.num_particles: 3 \(allowed"),
+    (["task=digits_distill", "optimizer=sgd", "outer=bilevel_cold", "outer.tolerance=-1"],
+     r"invalid outer.tolerance: -1 \(allowed: null or a finite number > 0"),
+    (["task=digits_distill", "optimizer=sgd", "outer=bilevel_cold", "outer.tolerance=tight"],
+     r"invalid outer.tolerance: 'tight' \(allowed: null or a finite number > 0"),
+    (["task=digits_distill", "optimizer=sgd", "outer=bilevel_cold", "outer.hypergradient.damping=inf"],
+     r"invalid outer.hypergradient.damping: inf \(allowed: a finite number"),
+    (["outer=pes", "optimizer=adam"], r"invalid outer.problem.tuned: \['lr', 'momentum'\] \(allowed"),
+    (["optimizer.lr=inf"], r"invalid optimizer.lr: inf \(allowed: a finite number"),
+    (["optimizer.lr=1e300"], r"invalid optimizer.lr: 1e\+300 \(allowed: a number within float32 range"),
+    (["checkpoint_every=true"], r"invalid checkpoint_every: True \(allowed: a non-negative integer"),
 ])
 def test_bad_values_fail_before_training(make_config, tmp_path, overrides, message):
     cfg = make_config(*overrides)

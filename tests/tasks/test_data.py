@@ -108,3 +108,73 @@ def test_task_bad_inputs():
         SupervisedTask(data, model=None, kind="ranking")
     with pytest.raises(ValueError, match=r"invalid task.condition_number: 0.5"):
         LinearRegression(condition_number=0.5)
+
+
+def _rewrite(folder, stem, array):
+    (folder / stem).unlink()
+    _write_idx(folder / stem, array, compress=False)
+
+
+@pytest.mark.parametrize("stem,array,pattern", [
+    ("train-labels-idx1-ubyte", np.arange(30) % 10 + 200 * (np.arange(30) == 3),
+     r"train-labels-idx1-ubyte.*labels must be in 0\.\.9 \(found 203 at index 3\)"),
+    ("train-labels-idx1-ubyte", np.arange(29) % 10,
+     r"train-images-idx3-ubyte holds 30 images but .*train-labels-idx1-ubyte holds 29 labels"),
+    ("t10k-images-idx3-ubyte", np.zeros((10, 27, 27)),
+     r"t10k-images-idx3-ubyte.*\(10, 27, 27\).*\(N, 28, 28\)"),
+    ("t10k-labels-idx1-ubyte", np.zeros((10, 28, 28)),
+     r"t10k-labels-idx1-ubyte.*magic number 0x00000803.*0x00000801"),
+])
+def test_mnist_loader_checks_the_idx_files(tmp_path, stem, array, pattern):
+    _fake_mnist(tmp_path / "mnist")
+    _rewrite(tmp_path / "mnist", stem, array)
+    with pytest.raises(ValueError, match=pattern):
+        load_mnist(str(tmp_path / "mnist"))
+
+
+def test_mnist_loader_names_a_truncated_header(tmp_path):
+    _fake_mnist(tmp_path / "mnist")
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*too short"):
+        load_mnist(str(tmp_path / "mnist"))
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar10_loader_refuses_a_pickle_that_runs_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": list(range(4))}
+        if name == "data_batch_1":
+            batch[b"batch_label"] = _RunsCode(marker)
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with pytest.raises(ValueError, match=r"data_batch_1.*refusing to load (posix|os)\.system"):
+        load_cifar10(str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_loader_reads_every_pickle_protocol(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": b"x", b"data": np.full((2, 3072), 255, dtype=np.uint8), b"labels": [0, 9],
+                 b"filenames": [b"a.png", b"b.png"]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+    data = load_cifar10(str(folder), val_fraction=0.2)
+    assert data.test.inputs.shape == (2, 3, 32, 32) and float(data.test.inputs.min()) == 1.0

@@ -263,13 +263,14 @@ def test_training_run_maps_torch_optimizer_configs(digits_task):
     adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.0,
                              foreach=None)
     problem = TrainingRun(digits_task, adam, tuned={"lr": 1e-3, "beta1": 0.8}, per_layer=["lr"], horizon=4)
-    assert problem.optimizer_name == "adam"
+    assert problem.spec.name == "adam"
     assert problem.fixed == {"beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}
     assert problem.theta_names == ["log_lr.1", "log_lr.3", "logit_beta1"]
     hyper = problem.hyperparameters(problem.initial_theta()[None], torch.zeros(1, dtype=torch.long))
     assert len(hyper["lr"]) == 4  # one per parameter tensor: weight and bias of each layer
-    with pytest.raises(ValueError, match="optimizer"):
-        TrainingRun(digits_task, functools.partial(torch.optim.RMSprop, lr=0.1))
+    with pytest.raises(ValueError, match=r"invalid optimizer: 'LBFGS' \(a TrainingRun .* needs an optimizer with a "
+                                         r"functional core, one of SGD, Adam, AdamW, RMSprop, Adagrad"):
+        TrainingRun(digits_task, functools.partial(torch.optim.LBFGS, lr=0.1))
     with pytest.raises(ValueError, match="tuned"):
         TrainingRun(digits_task, "sgd", tuned={"betas": 0.9})
     with pytest.raises(ValueError, match="tuned.momentum"):
@@ -311,3 +312,29 @@ def test_training_run_runs_eagerly_when_compiling_fails_and_under_tbptt(digits_t
         fallback = _pes_estimates(problem)
     assert problem._compiled_step.failed
     assert torch.equal(fallback, _pes_estimates(_training_run(digits_task, horizon=10)))
+
+
+@pytest.mark.parametrize("estimator", [PES, ESSingle, TruncatedES])
+def test_all_particles_diverged_reports_nan_not_a_perfect_loss(estimator):
+    # θ = 5 with σ = 0.01: every particle is past the cliff at θ > 1.
+    est = estimator(_Explodes(), 8, sigma=0.01, truncation_length=1, seed=0)
+    g, info = est.estimate(torch.full((1,), 5.0))
+    assert info["num_diverged"] == 8
+    assert torch.isnan(torch.tensor(info["loss"]))
+    assert torch.isnan(g).all()
+
+
+def test_unrolled_loop_reports_nan_when_every_particle_diverged():
+    """The runner stops on the NaN ``unroll_loss`` (its NaN/Inf guard), whatever the estimate holds."""
+    import functools
+
+    from metaopt.outer import UnrolledLoop
+
+    class PastTheCliff(_Explodes):
+        def initial_theta(self):
+            return torch.full((1,), 5.0)
+
+    loop = UnrolledLoop(PastTheCliff(), functools.partial(PES, num_particles=8, sigma=0.01, truncation_length=1),
+                        functools.partial(torch.optim.SGD, lr=0.1), steps=3)
+    metrics = loop.step()
+    assert metrics["num_diverged"] == 8 and torch.isnan(torch.tensor(metrics["unroll_loss"]))

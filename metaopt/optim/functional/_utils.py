@@ -35,3 +35,19 @@ def apply_weight_decay(params: Sequence[torch.Tensor], grads: Sequence[torch.Ten
             g = g + wd * p
         out.append(g)
     return tuple(out)
+
+
+def sqrt(tensor: torch.Tensor) -> torch.Tensor:
+    """``√x``, whose derivative at an exact 0 is 0 instead of ∞ when ``x`` carries a gradient.
+
+    A gradient entry that is exactly 0 (an input pixel that is always 0, a dead unit) leaves Adam's,
+    RMSprop's and Adagrad's second moment at 0, and ``d√v/dv = ∞`` there turns the hypergradient into
+    NaN (∞·0) as soon as anything differentiates through the step (TBPTT, bilevel unrolling). The forward
+    value is unchanged; with grad mode off (the ES estimators) this is ``tensor.sqrt()``. (Inside
+    ``torch.func`` transforms ``requires_grad`` is not visible, hence the grad-mode test.)
+    """
+    if not torch.is_grad_enabled():
+        return tensor.sqrt()
+    positive = tensor > 0
+    return torch.where(positive, torch.where(positive, tensor, torch.ones_like(tensor)).sqrt(),
+                       torch.zeros_like(tensor))

@@ -46,6 +46,13 @@ class Game:
     def evaluate(self, players: Mapping[str, nn.Module]) -> dict[str, float]:
         raise NotImplementedError
 
+    def meta_loss(self, players: Mapping[str, nn.Module]) -> torch.Tensor:
+        """A scalar tensor, how far the players are from where an outer loop wants them (lower is better),
+        for tuning the players' optimizers over whole game runs (``GameRun``). Differentiable and free of
+        Python-side data-dependent control flow, so that it runs under ``torch.func.vmap``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no meta_loss, so no outer loop can tune the "
+                                  "optimizers that play it (define Game.meta_loss)")
+
     def plots(self, players: Mapping[str, nn.Module], folder: Path) -> list[Path]:
         return []
 

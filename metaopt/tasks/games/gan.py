@@ -47,6 +47,10 @@ class GANMixture(Game):
         self.batch_size, self.loss = batch_size, loss
         self.num_eval_samples, self.min_mode_fraction = num_eval_samples, min_mode_fraction
         self.eval_seed = eval_seed
+        # Fixed draws of the meta-loss (the same for every round, particle and setting).
+        meta_generator = torch.Generator().manual_seed(eval_seed + 1)
+        self._meta_latent = torch.randn(256, latent_dim, generator=meta_generator)
+        self._meta_data = self.sample_data(256, meta_generator)
 
     def build_players(self) -> dict[str, nn.Module]:
         return {"generator": MLP(self.latent_dim, 2, self.hidden_sizes, activation="relu"),
@@ -71,6 +75,21 @@ class GANMixture(Game):
         value = -F.softplus(-real_logits).mean() - F.softplus(fake_logits).mean()
         generator_loss = F.softplus(-fake_logits).mean() if self.loss == "non_saturating" else value
         return {"generator": generator_loss, "discriminator": value}
+
+    def meta_loss(self, players) -> torch.Tensor:
+        """The generator's fit to the mixture: the squared maximum mean discrepancy (Gretton et al., 2012)
+        between 256 generated points (a fixed latent draw) and 256 fixed data points, with Gaussian kernels
+        of widths 2·std, 0.5 and 2 (mode shapes, neighbouring modes, the ring). Zero only when the
+        distributions match, so mode collapse and off-mode samples both cost."""
+        samples = players["generator"](self._meta_latent)
+        points = torch.cat([samples, self._meta_data])
+        squared = (points[:, None] - points[None]).square().sum(-1)
+        n = len(samples)
+        sign = torch.cat([torch.ones(n), -torch.ones(n)]).to(samples.dtype) / n
+        total = samples.new_zeros(())
+        for width in (2 * self.std, 0.5, 2.0):
+            total = total + sign @ torch.exp(-squared / (2 * width**2)) @ sign
+        return total
 
     @torch.no_grad()
     def evaluate(self, players) -> dict[str, float]:

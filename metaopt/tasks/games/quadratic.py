@@ -45,6 +45,12 @@ class QuadraticGame(Game):
         return {name: Vector(self.init_scale * torch.randn(self.dim, dtype=self.dtype))
                 for name in ("x", "y")}
 
+    def meta_loss(self, players: Mapping[str, nn.Module]) -> torch.Tensor:
+        """``log ‖ω − ω*‖``: its mean over a run of linear convergence at rate ρ is ``log ‖ω₀‖ + (T+1)/2·log ρ``,
+        so tuning it tunes the rate (the distance itself would weigh only the first rounds)."""
+        x, y = players["x"].weight, players["y"].weight
+        return 0.5 * torch.log(x.square().sum() + y.square().sum())
+
     @torch.no_grad()
     def evaluate(self, players: Mapping[str, nn.Module]) -> dict[str, float]:
         """``distance``: ‖ω − ω*‖ to the equilibrium ω* = 0."""

@@ -4,8 +4,6 @@ the optimizer's hyperparameters (learning rate and its schedule, momentum, weigh
 from __future__ import annotations
 
 import functools
-import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,35 +14,25 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
 from metaopt.optim._compiled import CompiledStep
-from metaopt.optim.functional import FUNCTIONAL, resolve
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem, where_particles
+from metaopt.tasks.unrolled.problem import ParticleState, where_particles
+from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
-__all__ = ["TrainingRun", "TRANSFORMS"]
-
-# Unconstrained parameterisation of each hyperparameter: θ = log(value) or logit(value).
-TRANSFORMS = {"lr": "log", "weight_decay": "log", "eps": "log", "momentum": "logit", "dampening": "logit",
-              "beta1": "logit", "beta2": "logit"}
-_SCHEDULES = ("constant", "linear")
+__all__ = ["TrainingRun"]
 
 
-def _forward(transform: str, value: float) -> float:
-    return math.log(value) if transform == "log" else math.log(value / (1 - value))
+class TrainingRun(TunedRun):
+    """Train ``task``'s model for ``horizon`` minibatch steps with ``optimizer``'s functional core.
 
-
-def _inverse(transform: str, theta: torch.Tensor) -> torch.Tensor:
-    return torch.exp(theta) if transform == "log" else torch.sigmoid(theta)
-
-
-class TrainingRun(UnrolledProblem):
-    """Train ``task``'s model for ``horizon`` minibatch steps with a functional optimizer from ``FUNCTIONAL``.
-
-    The outer parameters θ are the unconstrained hyperparameters named in ``tuned`` (initial values,
-    constrained): ``log`` for ``lr``, ``weight_decay``, ``eps``; ``logit`` for ``momentum``,
-    ``dampening``, ``beta1``, ``beta2``. With ``schedule="linear"`` the learning rate is
-    ``lr_t = e^{θ_start}(T−t)/T + e^{θ_end}t/T`` (the PES paper's schedule), two parameters. Names in
-    ``per_layer`` get one parameter per layer (module holding parameters). Hyperparameters of the
-    optimizer that are not tuned are fixed (``fixed``, e.g. from the torch optimizer config).
+    ``optimizer`` is any optimizer with a spec (``metaopt.optim.specs``): a factory such as
+    ``instantiate(cfg.optimizer)`` (``functools.partial(torch.optim.AdamW, lr=…)``), a class, or a spec
+    name. The outer parameters θ are the unconstrained hyperparameters named in ``tuned`` (see
+    ``TunedHyperparameters``: ``None`` tunes the optimizer's natural knobs from the values the factory
+    carries; log for lr/ε/weight decay, logit for momentum/betas, the angle as it is). With
+    ``schedule="linear"`` the learning rate is ``lr_t = e^{θ_start}(T−t)/T + e^{θ_end}t/T`` (the PES
+    paper's schedule), two parameters. Names in ``per_layer`` get one parameter per layer (module holding
+    parameters). The optimizer's other arguments stay fixed (``fixed`` adds more; a key both tuned and
+    fixed is an error).
 
     The meta-loss of a step is the loss after the update on a minibatch of ``meta_split`` ("val", the
     default, or "train": then the training minibatch loss before the update, at no extra cost). All
@@ -65,33 +53,11 @@ class TrainingRun(UnrolledProblem):
                  per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 1000,
                  meta_split: str = "val", batch_size: int | None = None, init_seed: int = 0,
                  compile: bool = False):
-        name, optimizer_fixed = resolve(optimizer)
-        tuned = dict(tuned if tuned is not None else {"lr": 0.01})
-        fixed = {**optimizer_fixed, **dict(fixed or {})}
-        accepted = set(inspect.signature(FUNCTIONAL[name].update).parameters) - {"params", "grads", "state"}
-        tunable = sorted(accepted & set(TRANSFORMS))
-        require("tuned", sorted(tuned), len(tuned) > 0 and all(k in tunable for k in tuned),
-                f"a non-empty mapping from hyperparameters of {name!r} among {tunable} to initial values")
-        for key, value in tuned.items():
-            low = 0.0
-            high = 1.0 if TRANSFORMS[key] == "logit" else math.inf
-            require(f"tuned.{key}", value, isinstance(value, (int, float)) and low < value < high,
-                    f"a number in ({low}, {high})")
-        require("schedule", schedule, schedule in _SCHEDULES, f"one of {_SCHEDULES}")
-        require("per_layer", list(per_layer), all(k in tuned for k in per_layer),
-                f"names among {sorted(tuned)}")
+        spec, optimizer_kwargs = optimizer_spec(optimizer, "a TrainingRun (ES/TBPTT outer loops)")
         require("meta_split", meta_split, meta_split in ("train", "val"), "'train' or 'val'")
         require("horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
-        for key in tuned:
-            fixed.pop(key, None)
-        require("fixed", sorted(fixed), all(k in accepted for k in fixed),
-                f"hyperparameters of {name!r}: {sorted(accepted)}")
-
         self.task = task
-        self.optimizer_name = name
-        self.functional = FUNCTIONAL[name]
-        self.fixed = fixed
-        self.schedule = schedule
+        self.spec = spec
         self.horizon = horizon
         self.meta_split = meta_split
         self.batch_size = batch_size or task.batch_size
@@ -102,76 +68,26 @@ class TrainingRun(UnrolledProblem):
             self.model = task.build_model()
         self.param_names = [n for n, _ in self.model.named_parameters()]
         self.initial_params = tuple(p.detach().clone() for p in self.model.parameters())
-        initial_opt, self._opt_spec = tree_flatten(self.functional.init(self.initial_params))
-        self.initial_opt = tuple(initial_opt)
         layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in self.param_names))
-        self.layer_of_tensor = [layers.index(n.rsplit(".", 1)[0]) for n in self.param_names]
-
-        # θ layout: one entry (hyperparameter, layer or None, "start"/"end" or None) per coordinate.
-        self.entries: list[tuple[str, int | None, str | None]] = []
-        theta0, names = [], []
-        for key, value in tuned.items():
-            phases = ("start", "end") if key == "lr" and schedule == "linear" else (None,)
-            for layer in (range(len(layers)) if key in per_layer else (None,)):
-                for phase in phases:
-                    self.entries.append((key, layer, phase))
-                    theta0.append(_forward(TRANSFORMS[key], float(value)))
-                    suffix = f"_{phase}" if phase else ""
-                    suffix += f".{layers[layer]}" if layer is not None else ""
-                    names.append(f"{TRANSFORMS[key]}_{key}{suffix}")
-        self.dim = len(self.entries)
-        self._theta0 = torch.tensor(theta0, device=self.device)
-        self._names = names
+        self.tuning = TunedHyperparameters(spec, optimizer_kwargs, tuned, schedule, per_layer, layers,
+                                           [layers.index(n.rsplit(".", 1)[0]) for n in self.param_names],
+                                           horizon, fixed)
+        self.fixed = self.tuning.fixed
+        initial_opt, self._opt_spec = tree_flatten(spec.init(self.initial_params, self.fixed))
+        self.initial_opt = tuple(initial_opt)
+        self.dim = self.tuning.dim
         self._forward = vmap(self._forward_one)
         self._losses = vmap(self._loss_one)
         self._gradients = vmap(grad_and_value(self._loss_one))
         self._update = vmap(self._update_one)
         self._compiled_step = CompiledStep(self._step) if compile else None
 
-    @property
-    def theta_names(self) -> list[str]:
-        return list(self._names)
-
-    def initial_theta(self) -> torch.Tensor:
-        return self._theta0.clone()
-
-    # -- hyperparameters -------------------------------------------------------------------------
-    def hyperparameters(self, theta: torch.Tensor, step: torch.Tensor) -> dict[str, Any]:
-        """Constrained hyperparameters for rows ``theta`` (N, dim) at inner steps ``step`` (N,).
-
-        Each value is an (N,) tensor, or a list with one (N,) tensor per parameter tensor (per layer).
-        """
-        frac = step.to(theta.dtype) / self.horizon
-        values: dict[str, dict[int | None, torch.Tensor]] = {}
-        for column, (key, layer, phase) in enumerate(self.entries):
-            value = _inverse(TRANSFORMS[key], theta[:, column])
-            if phase == "start":
-                value = value * (1 - frac)
-            elif phase == "end":
-                value = value * frac
-            per = values.setdefault(key, {})
-            per[layer] = per[layer] + value if layer in per else value
-        out: dict[str, Any] = {}
-        for key, per in values.items():
-            if None in per:
-                out[key] = per[None]
-            else:
-                out[key] = [per[layer] for layer in self.layer_of_tensor]
-        return out
-
-    def describe(self, theta: torch.Tensor) -> dict[str, float]:
-        """The constrained value of every coordinate of θ (``lr_start``, ``momentum``, …)."""
-        out = {}
-        for column, (name, (key, _, _)) in enumerate(zip(self._names, self.entries)):
-            out[name.split("_", 1)[1]] = float(_inverse(TRANSFORMS[key], theta[column]))
-        return out
-
     # -- dynamics --------------------------------------------------------------------------------
     def _forward_one(self, params: tuple[torch.Tensor, ...], inputs: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, dict(zip(self.param_names, params)), (inputs,))
 
     def _update_one(self, params, grads, opt_leaves, hyper):
-        update = functools.partial(self.functional.update, **self.fixed)
+        update = functools.partial(self.spec.update, **self.fixed)
         params, opt_state = update(params, grads, tree_unflatten(list(opt_leaves), self._opt_spec), **hyper)
         return params, tuple(tree_flatten(opt_state)[0])
 
@@ -269,21 +185,6 @@ class TrainingRun(UnrolledProblem):
         return state, torch.stack(losses), torch.stack(resets)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def theta_for(self, **values: float) -> torch.Tensor:
-        """θ with every coordinate of each named hyperparameter set to a constrained value (others from the
-        start), e.g. ``theta_for(lr=0.1, momentum=0.0)``: a constant schedule, the same for every layer.
-        Values on the boundary of a logit-transformed range (momentum 0) are moved 1e-6 inside it."""
-        require("values", sorted(values), all(k in TRANSFORMS for k in values),
-                f"names among {sorted(TRANSFORMS)}")
-        theta = self.initial_theta()
-        for column, (key, _, _) in enumerate(self.entries):
-            if key in values:
-                value = float(values[key])
-                if TRANSFORMS[key] == "logit":
-                    value = min(max(value, 1e-6), 1 - 1e-6)
-                theta[column] = _forward(TRANSFORMS[key], value)
-        return theta
-
     @torch.no_grad()
     def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
         """Train one model per row of ``thetas`` (M, dim) for a whole inner problem (all at once, same
@@ -307,6 +208,3 @@ class TrainingRun(UnrolledProblem):
                 if self.task.kind == "classification":
                     results[i][f"{split}_accuracy"] = float((outputs[i].argmax(-1) == targets).float().mean())
         return results
-
-    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
-        return self.evaluate_many(theta[None])[0]

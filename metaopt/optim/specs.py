@@ -1,0 +1,244 @@
+"""What metaopt knows about each optimizer, declared once: its ``torch.optim`` class, its functional core,
+and each hyperparameter's domain and unconstrained parameterisation.
+
+Argument checks of the runner, the θ layout of the ES/TBPTT outer loops (``TrainingRun``, ``GameRun``),
+the bilevel inner optimizer and the differentiable optimizers all read these specs. A spec is found by
+class (``spec_for(torch.optim.AdamW)``, a ``functools.partial`` of it, an instance, or the spec's name),
+never by mangling a class name. Adding an optimizer is one ``register(OptimizerSpec(...))``.
+
+Parameterisations (what an outer loop perturbs or differentiates): ``log`` for positive scales (lr, ε,
+weight decay), ``logit`` for decay rates in (0, 1) (momentum, betas, RMSprop's α), ``identity`` for
+``angle``, the phase of complex momentum, which is periodic: every real number is a valid angle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from metaopt.optim.functional import FUNCTIONAL, FunctionalOptimizer
+
+__all__ = ["Hyperparameter", "OptimizerSpec", "SPECS", "register", "spec_for", "IMPLEMENTATION_FLAGS"]
+
+# Keyword arguments of the stateful optimizers that choose an implementation, not the arithmetic.
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+_TRANSFORMS = ("log", "logit", "identity")
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and bool(torch.isfinite(value).all())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A real hyperparameter in ``[low, high]`` (``open_low``/``open_high`` exclude an end).
+
+    ``transform`` maps the constrained value to the unconstrained θ an outer loop moves; ``None`` marks
+    a hyperparameter that no outer loop tunes (e.g. Adagrad's initial accumulator, part of the state).
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    transform: str | None = None
+
+    def __post_init__(self):
+        assert self.transform in (*_TRANSFORMS, None), self.transform
+
+    @property
+    def domain(self) -> str:
+        if self.low == -math.inf and self.high == math.inf:
+            return "a finite number"
+        if self.high == math.inf:
+            return f"a finite number {'>' if self.open_low else '>='} {self.low:g}"
+        left = "(" if self.open_low else "["
+        right = ")" if self.open_high else "]"
+        return f"a number in {left}{self.low:g}, {self.high:g}{right}"
+
+    def contains(self, value: Any) -> bool:
+        if not _number(value):
+            return False
+        value = float(value)
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def check(self, name: str, value: Any) -> None:
+        if not self.contains(value):
+            raise ValueError(f"invalid {name}: {value!r} (allowed: {self.domain})")
+
+    @property
+    def tunable(self) -> bool:
+        return self.transform is not None
+
+    def interior(self, value: float, margin: float = 0.01) -> float:
+        """``value`` moved inside the open domain of the transform: by default a momentum of 0 starts at
+        0.01 (``margin``), a weight decay of 0 at 1e-8 (the unconstrained θ is finite only inside)."""
+        if self.transform == "logit":
+            return min(max(value, margin), 1 - margin)
+        if self.transform == "log":
+            return max(value, 1e-8)
+        return value
+
+    def to_unconstrained(self, value: float, margin: float = 0.01) -> float:
+        value = self.interior(float(value), margin)
+        if self.transform == "log":
+            return math.log(value)
+        if self.transform == "logit":
+            return math.log(value / (1 - value))
+        return value
+
+    def from_unconstrained(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.transform == "log":
+            return torch.exp(theta)
+        if self.transform == "logit":
+            return torch.sigmoid(theta)
+        return theta
+
+
+LR = Hyperparameter(low=0.0, transform="log")
+SCALE = Hyperparameter(low=0.0, transform="log")              # weight decay, lr decay
+EPS = Hyperparameter(low=0.0, open_low=True, transform="log")
+DECAY = Hyperparameter(low=0.0, high=1.0, open_high=True, transform="logit")   # momentum, betas, alpha
+DAMPENING = Hyperparameter(low=0.0, high=1.0, transform="logit")
+ANGLE = Hyperparameter(transform="identity")
+ACCUMULATOR = Hyperparameter(low=0.0)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer, declared once.
+
+    ``hyperparameters``: the functional core's real keyword arguments and their domains; ``flags``: its
+    boolean options; ``natural``: the knobs an outer loop tunes by default; ``implied``: functional
+    arguments the class fixes (AdamW: ``decoupled_weight_decay=True``); ``init_args``: hyperparameters
+    the core's ``init`` takes (state set up from them). ``pairs`` maps a torch argument holding several
+    hyperparameters to their names (``betas`` → ``beta1``, ``beta2``).
+    """
+
+    name: str
+    optimizer: type
+    functional: FunctionalOptimizer
+    hyperparameters: Mapping[str, Hyperparameter]
+    flags: tuple[str, ...] = ("maximize",)
+    natural: tuple[str, ...] = ("lr",)
+    implied: Mapping[str, Any] = field(default_factory=dict)
+    init_args: tuple[str, ...] = ()
+    pairs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def tunable(self) -> list[str]:
+        return [k for k, h in self.hyperparameters.items() if h.tunable]
+
+    def functional_kwargs(self, kwargs: Mapping[str, Any], prefix: str = "optimizer") -> dict[str, Any]:
+        """The functional core's keyword arguments for the class's keyword arguments ``kwargs``: pairs
+        split, implementation flags dropped, values checked against their domains."""
+        out: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in IMPLEMENTATION_FLAGS:
+                continue
+            if key in self.pairs:
+                names = self.pairs[key]
+                ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == len(names)
+                if not ok:
+                    raise ValueError(f"invalid {prefix}.{key}: {value!r} (allowed: {len(names)} numbers, "
+                                     f"{', '.join(names)})")
+                out.update(zip(names, list(value)))
+            elif key in self.hyperparameters or key in self.flags:
+                out[key] = value
+            else:
+                allowed = sorted([*self.hyperparameters, *self.flags, *self.pairs, *IMPLEMENTATION_FLAGS])
+                raise ValueError(f"invalid {prefix}.{key}: {value!r} ({self.optimizer.__name__} has no such "
+                                 f"argument; allowed: {', '.join(allowed)})")
+        self.check(out, prefix)
+        return {**self.implied, **out}
+
+    def check(self, kwargs: Mapping[str, Any], prefix: str = "optimizer") -> None:
+        """Raise ``ValueError`` naming the first hyperparameter outside its domain."""
+        for key, value in kwargs.items():
+            name = f"{prefix}.{key}"
+            if key in self.flags:
+                if not isinstance(value, bool):
+                    raise ValueError(f"invalid {name}: {value!r} (allowed: true or false)")
+            elif key in self.hyperparameters:
+                self.hyperparameters[key].check(name, value)
+
+    def init(self, params, hyperparameters: Mapping[str, Any] | None = None):
+        """The core's initial state for ``params`` (with the ``init_args`` among ``hyperparameters``)."""
+        hyperparameters = hyperparameters or {}
+        args = {k: hyperparameters[k] for k in self.init_args if k in hyperparameters}
+        return self.functional.init(params, **args)
+
+    def update(self, params, grads, state, **hyperparameters):
+        hyperparameters = {k: v for k, v in hyperparameters.items() if k not in self.init_args}
+        return self.functional.update(params, grads, state, **hyperparameters)
+
+
+SPECS: dict[type, OptimizerSpec] = {}
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    """Declare an optimizer (a user's own too): ``spec_for`` finds it by its class from then on."""
+    SPECS[spec.optimizer] = spec
+    return spec
+
+
+def spec_for(optimizer: Any) -> OptimizerSpec | None:
+    """The spec of an optimizer class, a ``functools.partial`` of one, an instance, or a spec name;
+    ``None`` when metaopt has none (an optimizer without a functional core)."""
+    if isinstance(optimizer, OptimizerSpec):
+        return optimizer
+    if isinstance(optimizer, str):
+        return next((s for s in SPECS.values() if s.name == optimizer), None)
+    target = getattr(optimizer, "func", optimizer)
+    if not isinstance(target, type):
+        target = type(target)
+    return SPECS.get(target)
+
+
+def factory_kwargs(optimizer: Any) -> dict[str, Any]:
+    """The keyword arguments a ``functools.partial`` factory (``instantiate(cfg.optimizer)``) carries."""
+    return dict(getattr(optimizer, "keywords", {}) or {})
+
+
+def _specs() -> None:
+    from metaopt.optim.complex_adam import ComplexAdam
+    from metaopt.optim.complex_momentum import ComplexMomentum
+
+    adam_hyper = {"lr": LR, "beta1": DECAY, "beta2": DECAY, "eps": EPS, "weight_decay": SCALE}
+    adam_flags = ("amsgrad", "maximize")
+    for spec in (
+        OptimizerSpec("sgd", torch.optim.SGD, FUNCTIONAL["sgd"],
+                      {"lr": LR, "momentum": DECAY, "dampening": DAMPENING, "weight_decay": SCALE},
+                      flags=("nesterov", "maximize"), natural=("lr", "momentum")),
+        OptimizerSpec("adam", torch.optim.Adam, FUNCTIONAL["adam"], adam_hyper,
+                      flags=(*adam_flags, "decoupled_weight_decay"), natural=("lr", "beta1"),
+                      pairs={"betas": ("beta1", "beta2")}),
+        OptimizerSpec("adamw", torch.optim.AdamW, FUNCTIONAL["adam"], adam_hyper, flags=adam_flags,
+                      natural=("lr", "beta1"), implied={"decoupled_weight_decay": True, "weight_decay": 0.01},
+                      pairs={"betas": ("beta1", "beta2")}),
+        OptimizerSpec("rmsprop", torch.optim.RMSprop, FUNCTIONAL["rmsprop"],
+                      {"lr": LR, "alpha": DECAY, "eps": EPS, "weight_decay": SCALE, "momentum": DECAY},
+                      flags=("centered", "maximize"), natural=("lr", "alpha")),
+        OptimizerSpec("adagrad", torch.optim.Adagrad, FUNCTIONAL["adagrad"],
+                      {"lr": LR, "lr_decay": SCALE, "weight_decay": SCALE, "eps": EPS,
+                       "initial_accumulator_value": ACCUMULATOR},
+                      natural=("lr",), init_args=("initial_accumulator_value",)),
+        OptimizerSpec("complex_momentum", ComplexMomentum, FUNCTIONAL["complex_momentum"],
+                      {"lr": LR, "momentum": DECAY, "angle": ANGLE, "weight_decay": SCALE},
+                      natural=("lr", "momentum", "angle")),
+        OptimizerSpec("complex_adam", ComplexAdam, FUNCTIONAL["complex_adam"],
+                      {**adam_hyper, "angle": ANGLE}, natural=("lr", "beta1", "angle"),
+                      pairs={"betas": ("beta1", "beta2")}),
+    ):
+        register(spec)
+
+
+_specs()

@@ -1,0 +1,157 @@
+"""A whole game run as an unrolled inner problem whose outer parameters are the players' optimizer
+hyperparameters (learning rate, momentum, the angle of complex momentum, …)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.func import grad, vmap
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from metaopt.checks import require
+from metaopt.tasks.games.game import UPDATES, Game
+from metaopt.tasks.unrolled.problem import ParticleState, where_particles
+from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
+
+__all__ = ["GameRun"]
+
+
+class GameRun(TunedRun):
+    """The players of ``game`` play ``horizon`` rounds, every player with ``optimizer``'s functional core
+    (a maximizing player with ``maximize=True``), under hyperparameters θ shared by the players (one per
+    player for the names in ``per_layer``); see ``TunedHyperparameters`` for ``tuned``, ``schedule`` and
+    ``fixed``. Every particle starts from the same players (initialised with ``init_seed``).
+
+    The meta-loss of a round is ``game.meta_loss`` after the players moved (the bilinear game: the log
+    distance to the equilibrium, whose mean over a run measures the convergence rate; the GAN: the
+    generator's mixture fit). ``updates`` is ``simultaneous`` (every gradient at the same strategies) or
+    ``alternating`` (each player's gradient recomputed after the previous ones moved), as ``game_step``.
+    All particles play at once (``torch.func.vmap`` over the players' parameters); a stochastic game's
+    draws (``game.objectives(players, generator)``) are the same for every particle at a round (common
+    random numbers), so the estimators compare settings on the same data.
+    """
+
+    def __init__(self, game: Game, optimizer: str | Callable = "complex_momentum",
+                 tuned: Sequence[str] | Mapping[str, float | None] | None = None, schedule: str = "constant",
+                 per_layer: Sequence[str] = (), fixed: Mapping[str, Any] | None = None, horizon: int = 200,
+                 updates: str = "simultaneous", init_seed: int = 0):
+        require("task", type(game).__name__, isinstance(game, Game), "a metaopt.tasks.games.Game")
+        spec, optimizer_kwargs = optimizer_spec(optimizer, "a GameRun (ES/TBPTT outer loops on a game)")
+        require("horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
+        require("outer.updates", updates, updates in UPDATES, " or ".join(UPDATES))
+        optimizer_kwargs.pop("maximize", None)  # set per player by the game
+        self.game = game
+        self.spec = spec
+        self.horizon = horizon
+        self.updates = updates
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            self.players = game.build_players()
+        for player in self.players.values():
+            player.requires_grad_(False)
+        self.player_names = list(self.players)
+        self._names = {n: [k for k, _ in p.named_parameters()] for n, p in self.players.items()}
+        self._slices: dict[str, slice] = {}
+        params: list[torch.Tensor] = []
+        for name, player in self.players.items():
+            tensors = [p.detach().clone() for p in player.parameters()]
+            self._slices[name] = slice(len(params), len(params) + len(tensors))
+            params += tensors
+        self.initial_params = tuple(params)
+        self.device = params[0].device
+        layer_of_tensor = [i for i, name in enumerate(self.player_names)
+                           for _ in range(self._slices[name].stop - self._slices[name].start)]
+        self.tuning = TunedHyperparameters(spec, optimizer_kwargs, tuned, schedule, per_layer, self.player_names,
+                                           layer_of_tensor, horizon, fixed)
+        self.fixed = self.tuning.fixed
+        initial_opt = tuple(spec.init(self.initial_params[self._slices[n]], self.fixed) for n in self.player_names)
+        leaves, self._opt_spec = tree_flatten(initial_opt)
+        self.initial_opt = tuple(leaves)
+        self.dim = self.tuning.dim
+        self._step = vmap(self._step_one, in_dims=(0, 0, 0, None), randomness="same")
+
+    # -- dynamics --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _playing(self, params: Sequence[torch.Tensor]):
+        """The players with their parameters replaced by ``params`` (all players' tensors, in order)."""
+        with contextlib.ExitStack() as stack:
+            for name, player in self.players.items():
+                values = params[self._slices[name]]
+                stack.enter_context(_reparametrize_module(player, dict(zip(self._names[name], values))))
+            yield self.players
+
+    def _objective(self, params, name: str, own, generator):
+        params = list(params)
+        params[self._slices[name]] = own
+        with self._playing(params) as players:
+            return self.game.objectives(players, generator)[name]
+
+    def _step_one(self, params, opt_leaves, hyper, generator):
+        states = list(tree_unflatten(list(opt_leaves), self._opt_spec))
+        params = tuple(params)
+        rounds = [self.player_names] if self.updates == "simultaneous" else [[n] for n in self.player_names]
+        for movers in rounds:
+            grads = {name: grad(functools.partial(self._objective, params, name))(params[self._slices[name]],
+                                                                                  generator)
+                     for name in movers}
+            params = list(params)
+            for name in movers:
+                where = self._slices[name]
+                index = self.player_names.index(name)
+                own_hyper = {k: (v[where] if isinstance(v, list) else v) for k, v in hyper.items()}
+                new, states[index] = self.spec.update(params[where], grads[name], states[index],
+                                                      maximize=self.game.maximize[name], **self.fixed, **own_hyper)
+                params[where] = list(new)
+            params = tuple(params)
+        with self._playing(params) as players:
+            meta = self.game.meta_loss(players)
+        return params, tuple(tree_flatten(tuple(states))[0]), meta
+
+    def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
+        if steps is None:
+            steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
+
+        def stack(tensors):
+            return [t.expand(num_particles, *t.shape).clone() for t in tensors]
+
+        return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
+
+    def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
+        return self._run(state, theta, num_steps, generator, reset=True)
+
+    def _run(self, state, theta, num_steps, generator, reset):
+        step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
+        fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
+        losses, resets = [], []
+        for _ in range(num_steps):
+            params, opt, meta = self._step(params, opt, self.hyperparameters(theta, step), generator)
+            losses.append(meta)
+            step = step + 1
+            done = step >= self.horizon
+            resets.append(done)
+            if reset and bool(done.any()):
+                restarted = where_particles(done, fresh, {"params": list(params), "opt": list(opt)})
+                params, opt = tuple(restarted["params"]), tuple(restarted["opt"])
+                step = torch.where(done, torch.zeros_like(step), step)
+        return {"step": step, "params": list(params), "opt": list(opt)}, torch.stack(losses), torch.stack(resets)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_many(self, thetas: torch.Tensor, seed: int = 0) -> list[dict[str, float]]:
+        """Play one whole game per row of ``thetas`` (M, dim), all on the same draws; each one's
+        ``meta_objective`` (mean meta-loss over the run) and the game's metrics at the end."""
+        generator = torch.Generator().manual_seed(seed)
+        num = thetas.shape[0]
+        state, losses, _ = self._run(self.init_state(num), thetas.to(self.device), self.horizon, generator,
+                                     reset=False)
+        results = []
+        for i in range(num):
+            with self._playing([p[i] for p in state["params"]]) as players:
+                metrics = self.game.evaluate(players)
+            results.append({"meta_objective": float(losses[:, i].mean()), **metrics})
+        return results

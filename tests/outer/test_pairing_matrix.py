@@ -1,0 +1,77 @@
+"""The pairing matrix: every optimizer config × every outer config, on a small task of the kind the outer
+loop drives, either runs with default settings (tiny step counts) or is refused before any work with an
+error that names the pairing, the reason and what to use instead. The README's matrix is this table."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from metaopt.outer.pairing import PairingError
+from metaopt.run import run
+
+CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
+OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+OUTERS = ["none", "apo", "game", "tbptt", "full_es", "truncated_es", "pes", "es_single", "bilevel_cold",
+          "bilevel_warm"]
+ES = ["tbptt", "full_es", "truncated_es", "pes", "es_single"]
+APO = ["apo_lr", "apo_precond"]
+
+# Tiny settings of each kind of loop (the defaults otherwise).
+TINY = {
+    "none": ["outer.steps=3", "outer.eval_every=0"],
+    "apo": ["outer.steps=3", "outer.eval_every=0", "optimizer.meta_interval=2"],
+    "game": ["outer.steps=3", "outer.eval_every=0"],
+    **{es: ["outer.steps=2", "outer.eval_every=0", "outer.problem.horizon=6", "outer.estimator.num_particles=4",
+            "outer.grid=null"] + ([] if es == "full_es" else ["outer.estimator.truncation_length=3"])
+       for es in ES},
+    "bilevel_cold": ["outer.steps=2", "outer.eval_every=0", "outer.inner_steps=3", "outer.retrain_steps=3"],
+    "bilevel_warm": ["outer.steps=2", "outer.eval_every=0", "outer.inner_steps=3", "outer.retrain_steps=3"],
+}
+# The task of each kind: supervised for plain/APO training and the ES loops, a game for outer=game and the
+# ES loops (a whole game run is an unrolled problem too), a bilevel problem for the bilevel loops.
+TASKS = {"none": ["digits_mlp"], "apo": ["digits_mlp"], "game": ["bilinear_game"],
+         **{es: ["digits_mlp", "bilinear_game"] for es in ES},
+         "bilevel_cold": ["digits_l2"], "bilevel_warm": ["digits_l2"]}
+
+
+def expected_refusal(optimizer: str, outer: str) -> str | None:
+    """The message a refused pairing must contain; ``None`` where it must run."""
+    if optimizer not in APO:
+        return None
+    return {"none": "never calls APO's meta_step", "apo": None, "game": "its meta-step needs a supervised model",
+            "bilevel_cold": "APO has no functional core", "bilevel_warm": "APO has no functional core",
+            }.get(outer, "APO has no functional core: an ES/TBPTT loop")
+
+
+CASES = [(optimizer, outer, task) for outer in OUTERS for optimizer in OPTIMIZERS for task in TASKS[outer]]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("optimizer,outer,task", CASES, ids=[f"{o}-{l}-{t}" for o, l, t in CASES])
+def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_path):
+    overrides = [f"task={task}", f"optimizer={optimizer}", f"outer={outer}", "logger=none", "progress=false",
+                 "name=matrix", *TINY[outer]]
+    if outer == "apo" and optimizer not in APO:
+        overrides.remove("optimizer.meta_interval=2")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    refusal = expected_refusal(optimizer, outer)
+    if refusal is not None:
+        with pytest.raises(PairingError, match=rf"invalid pairing.*{refusal}.*(use|train with|play)"):
+            run(cfg, tmp_path)
+        assert not list(tmp_path.iterdir()), "a refused pairing must fail before it writes anything"
+        return
+    summary = run(cfg, tmp_path)
+    assert summary["steps"] == cfg.outer.steps
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(math.isfinite(v) for record in logged for v in record.values()
+                          if isinstance(v, float))
+
+
+def test_the_matrix_covers_every_config():
+    assert set(OPTIMIZERS) >= {"sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "complex_momentum",
+                               "complex_adam", *APO}
+    assert set(OUTERS) == {p.stem for p in (CONF / "outer").glob("*.yaml")} - {"unrolled"}
