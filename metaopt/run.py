@@ -437,7 +437,7 @@ def main(cfg: DictConfig) -> float | None:
             message = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
         from metaopt.runner.report import record_failure
 
-        record_failure(output_dir, message)
+        record_failure(output_dir, message, list(hydra_cfg.overrides.task))
         print(f"job {hydra_cfg.job.num} failed: {message}", file=sys.stderr)
         return None
     objective = summary.get(cfg.get("objective") or "")

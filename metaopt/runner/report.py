@@ -17,11 +17,21 @@ __all__ = ["SweepReport", "collect_runs", "format_table", "markdown_table", "rec
 ERROR_FILE = "error.txt"
 
 
-def record_failure(folder: str | Path, message: str) -> None:
-    """Mark a sweep job's folder as failed with ``message`` (one line), for the sweep's report."""
+def record_failure(folder: str | Path, message: str, overrides: list[str] | None = None) -> None:
+    """Mark a sweep job's folder as failed: ``error.txt`` holds ``message`` (one line), then the job's overrides
+    (the report's label for a job that failed before writing ``.hydra/``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / ERROR_FILE).write_text(message.strip() + "\n")
+    text = " ".join(message.split()) + "\n"
+    if overrides is not None:
+        text += "overrides: " + json.dumps(list(overrides)) + "\n"
+    (folder / ERROR_FILE).write_text(text)
+
+
+def _job_order(folder: Path) -> tuple[int, str]:
+    """Sweep job folders (``<job number>-<overrides>``) in job order: 2 before 10."""
+    number = folder.name.split("-", 1)[0]
+    return (int(number) if number.isdigit() else -1, folder.name)
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -33,11 +43,16 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     folders = {p.parent for p in Path(sweep_dir).glob("*/summary.json")}
     folders |= {p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml")}
     folders |= {p.parent for p in Path(sweep_dir).glob(f"*/{ERROR_FILE}")}
-    for folder in sorted(folders, key=lambda p: p.name):
+    for folder in sorted(folders, key=_job_order):
         overrides_path = folder / ".hydra" / "overrides.yaml"
+        summary_path, error_path = folder / "summary.json", folder / ERROR_FILE
+        error_lines = error_path.read_text().splitlines() if error_path.exists() else []
         overrides = []
         if overrides_path.exists():
-            overrides = [o for o in OmegaConf.load(overrides_path) if not str(o).startswith("+experiment")]
+            overrides = list(OmegaConf.load(overrides_path))
+        elif len(error_lines) > 1 and error_lines[1].startswith("overrides: "):
+            overrides = json.loads(error_lines[1][len("overrides: "):])
+        overrides = [o for o in overrides if not str(o).startswith("+experiment")]
         history = []
         metrics = folder / "metrics.jsonl"
         if metrics.exists():
@@ -46,11 +61,10 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
                     history.append(json.loads(line))
                 except json.JSONDecodeError:  # a line cut short by a kill
                     continue
-        summary_path, error_path = folder / "summary.json", folder / ERROR_FILE
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         error = None
-        if error_path.exists():
-            error = error_path.read_text().strip()
+        if error_lines:
+            error = error_lines[0].strip()
         elif not summary:
             error = "no summary.json (the job did not finish)"
         runs.append({"folder": folder, "label": " ".join(map(str, overrides)) or folder.name,
