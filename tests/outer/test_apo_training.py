@@ -74,8 +74,8 @@ def test_apo_training_resumes_exactly_from_a_weights_only_checkpoint():
 
 
 def test_bad_apo_settings_fail_before_the_first_step(tmp_path):
-    for override, message in (("optimizer.lambda_fsd=-1", r"invalid lambda_fsd: -1"),
-                              ("optimizer.meta_interval=0", r"invalid meta_interval: 0"),
+    for override, message in (("optimizer.lambda_fsd=-1", r"invalid optimizer.lambda_fsd: -1"),
+                              ("optimizer.meta_interval=0", r"invalid (optimizer.)?meta_interval: 0"),
                               ("optimizer.base.lr=0", r"invalid base lr: 0")):
         cfg = _config("optimizer=apo_lr", "task=linreg", "outer.steps=5", override)
         with pytest.raises(ValueError, match=message):
