@@ -35,9 +35,20 @@ class Optimizer(torch.optim.Optimizer):
     * ``_update(group, params, grads, states, foreach)``: apply one step in place to the tensors of
       one param group, ``states`` being the state dicts of those parameters in the same order.
 
+    and may define:
+
+    * ``_setup()``: build caches that are not state (compiled kernels); called by ``__init__`` and
+      again after ``copy.deepcopy``, unpickling and ``load_state_dict``, which keep only ``defaults``,
+      ``state`` and ``param_groups`` (as torch.optim does), so it creates only what is missing;
+    * ``_upgrade_state(param_state, group)``: convert one parameter's state loaded from an older
+      checkpoint (a plain-number ``step``, a missing buffer) in place.
+
     The base class gathers the parameters that have gradients, rejects sparse gradients, negates the
     gradients for ``maximize=True`` groups, evaluates the closure, and chooses the multi-tensor path
-    when ``foreach`` is ``None`` and every tensor is on CUDA.
+    when ``foreach`` is ``None`` and every tensor is on CUDA. A complex parameter is optimized as its
+    real and imaginary parts, independently (``torch.view_as_real``, as torch.optim does): the update
+    sees real views of the parameter, its gradient and its state. A param group loaded without a key
+    of ``defaults`` (a checkpoint written before that option existed) gets the default.
     """
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]):
@@ -45,6 +56,18 @@ class Optimizer(torch.optim.Optimizer):
         defaults.setdefault("foreach", None)
         self._validate(defaults)
         super().__init__(params, defaults)
+        self._setup()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                if key != "params":
+                    group.setdefault(key, value)
+            for p in group["params"]:
+                if self.state.get(p):
+                    self._upgrade_state(self.state[p], group)
+        self._setup()
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def _validate(self, group: dict[str, Any]) -> None:
@@ -58,6 +81,12 @@ class Optimizer(torch.optim.Optimizer):
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _setup(self) -> None:
+        pass
+
+    def _upgrade_state(self, param_state: dict[str, Any], group: dict[str, Any]) -> None:
+        pass
 
     def _update(
         self,
@@ -91,7 +120,7 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, states = [], [], []
+            params, grads, states, complex_states = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -103,13 +132,39 @@ class Optimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(self._init_state(p, group))
-                params.append(p)
-                grads.append(p.grad)
-                states.append(state)
+                if torch.is_complex(p):
+                    params.append(torch.view_as_real(p))
+                    grads.append(torch.view_as_real(p.grad))
+                    states.append(_real_views(state))
+                    complex_states.append((state, states[-1], params[-1].shape))
+                else:
+                    params.append(p)
+                    grads.append(p.grad)
+                    states.append(state)
             if not params:
                 continue
             foreach = self._use_foreach(group["foreach"], params)
             if group["maximize"]:
                 grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
             self._update(group, params, grads, states, foreach)
+            for state, views, shape in complex_states:  # state the update created (one an older state lacked)
+                for key in views.keys() - state.keys():
+                    value = views[key]
+                    is_view = isinstance(value, torch.Tensor) and value.shape == shape
+                    state[key] = torch.view_as_complex(value) if is_view else value
         return loss
+
+
+def _real_views(state: dict[str, Any]) -> dict[str, Any]:
+    """The state of a complex parameter with its complex tensors viewed as real (same storage)."""
+    return {k: torch.view_as_real(v) if isinstance(v, torch.Tensor) and torch.is_complex(v) else v
+            for k, v in state.items()}
+
+
+def hyper_value(value: float | torch.Tensor) -> float | torch.Tensor:
+    """A hyperparameter as the update should read it: a Python float eagerly (the arithmetic of
+    torch.optim, bit for bit), the 0-d tensor itself inside ``torch.compile`` (so that a tensor lr
+    changed by a scheduler is a graph input, not a constant that recompiles the step)."""
+    if isinstance(value, torch.Tensor):
+        return value if torch.compiler.is_compiling() else value.item()
+    return value

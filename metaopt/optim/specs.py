@@ -13,8 +13,10 @@ weight decay), ``logit`` for decay rates in (0, 1) (momentum, betas, RMSprop's Î
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,8 +179,15 @@ class OptimizerSpec:
         return self.functional.init(params, **args)
 
     def update(self, params, grads, state, **hyperparameters):
-        hyperparameters = {k: v for k, v in hyperparameters.items() if k not in self.init_args}
+        if self.init_args:
+            accepted = _parameters(self.functional.update)
+            hyperparameters = {k: v for k, v in hyperparameters.items() if k in accepted}
         return self.functional.update(params, grads, state, **hyperparameters)
+
+
+@functools.cache
+def _parameters(function: Callable) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
 
 
 SPECS: dict[type, OptimizerSpec] = {}
@@ -232,11 +241,12 @@ def _specs() -> None:
                        "initial_accumulator_value": ACCUMULATOR},
                       natural=("lr",), init_args=("initial_accumulator_value",)),
         OptimizerSpec("complex_momentum", ComplexMomentum, FUNCTIONAL["complex_momentum"],
-                      {"lr": LR, "momentum": DECAY, "angle": ANGLE, "weight_decay": SCALE},
-                      natural=("lr", "momentum", "angle")),
+                      {"lr": LR, "momentum": DECAY, "angle": ANGLE, "dampening": DAMPENING, "weight_decay": SCALE},
+                      flags=("nesterov", "maximize"), natural=("lr", "momentum", "angle")),
         OptimizerSpec("complex_adam", ComplexAdam, FUNCTIONAL["complex_adam"],
-                      {**adam_hyper, "angle": ANGLE}, natural=("lr", "beta1", "angle"),
-                      pairs={"betas": ("beta1", "beta2")}),
+                      {**adam_hyper, "angle": ANGLE}, flags=(*adam_flags, "decoupled_weight_decay"),
+                      natural=("lr", "beta1", "angle"), pairs={"betas": ("beta1", "beta2")},
+                      init_args=("amsgrad",)),
     ):
         register(spec)
 

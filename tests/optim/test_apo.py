@@ -5,6 +5,7 @@ import copy
 import functools
 import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaopt.optim import APO
+from metaopt.optim.apo.precond import precondition
 from metaopt.tasks import LinearRegression
 
 
@@ -111,7 +113,7 @@ def test_precondition_is_the_kronecker_product_of_the_factors():
     left = torch.randn(3, 3, dtype=torch.float64, generator=gen)
     right = torch.randn(4, 4, dtype=torch.float64, generator=gen)
     log_scale = torch.tensor(0.3, dtype=torch.float64)
-    step = APO._precondition(grad, log_scale, left, right)
+    step = precondition(grad, log_scale, left, right)
     # vec(A G B) = (Bᵀ ⊗ A) vec(G) with column-major vec; here A = LLᵀ and B = RRᵀ are symmetric.
     kron = torch.kron(right @ right.T, left @ left.T)
     expected = (math.exp(0.3) * kron @ grad.T.reshape(-1)).reshape(4, 3).T
@@ -134,7 +136,7 @@ def _train_linreg(task, lr, steps, apo_kwargs=None):
         if apo_kwargs is not None:
             opt.meta_step(model, (inputs, targets), lambda: task.sample_batch(gen)[0], task.loss)
         opt.step()
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append(opt.param_groups[0]["lr"] if apo_kwargs is None else opt.lrs[0])
     return task.evaluate(model, splits=("train",))["train_loss"], lrs
 
 
@@ -178,7 +180,7 @@ def test_learned_full_matrix_preconditioner_approaches_the_damped_inverse_metric
         opt.meta_step(model, (inputs, targets), fresh, _half_mse)
         scheduler.step()
     log_scale, left, right = opt._meta_params[0]
-    learned = (log_scale.exp() * left.square().sum() * right @ right.T).detach()
+    learned = opt.param_groups[0]["lr"] * (log_scale.exp() * left.square().sum() * right @ right.T).detach()
     error = torch.linalg.matrix_norm(learned - optimum) / torch.linalg.matrix_norm(optimum)
     initial_error = torch.linalg.matrix_norm(0.1 * identity - optimum) / torch.linalg.matrix_norm(optimum)
     assert error < 0.03, (learned, optimum)
@@ -194,7 +196,7 @@ def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
     _warm_up(model, opt, (inputs, targets), _half_mse)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state_before = {k: v.clone() for k, v in opt.base.state[model[0].weight].items()}
-    lr_before = opt.param_groups[0]["lr"]
+    lr_before = opt.schedule()
     opt.meta_objective(model, (inputs, targets), fresh, _half_mse).backward()
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key  # incl. BatchNorm running stats
@@ -202,10 +204,11 @@ def test_the_lookahead_leaves_params_buffers_and_base_state_untouched(mode):
         assert torch.equal(value, state_before[key]), key
     assert model[0].weight.grad is not None
     assert opt.meta_step(model, (inputs, targets), fresh, _half_mse) is not None
+    assert opt.param_groups[0]["lr"] == 1e-2  # the base's (scheduled) lr, which φ multiplies
     if mode == "lr":
-        assert opt.param_groups[0]["lr"] != lr_before  # φ moved, and the group reads the new η
+        assert opt.lrs[0] != lr_before["lr"]  # φ moved, and the η of the next step follows
     else:
-        assert opt.param_groups[0]["lr"] == 1.0 and opt.precond_scales() != pytest.approx([1e-2] * 4)
+        assert opt.precond_scales() != pytest.approx([1e-2] * 4)
 
 
 @pytest.mark.parametrize("base", sorted(BASES))
@@ -510,3 +513,139 @@ def test_meta_step_before_backward_is_refused():
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))
     with pytest.raises(RuntimeError, match="call loss.backward"):
         opt.meta_step(model, (torch.randn(4, 2), torch.randn(4, 1)), torch.randn(4, 2), _half_mse)
+
+
+def _regression_step(model, opt, gen, scheduler=None, **meta_kwargs):
+    inputs, targets = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+    opt.zero_grad()
+    _half_mse(model(inputs), targets).backward()
+    opt.meta_step(model, (inputs, targets), torch.randn(8, 4, generator=gen), _half_mse, **meta_kwargs)
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+@pytest.mark.parametrize("mode", ["lr", "precond"])
+def test_an_lr_scheduler_multiplies_what_apo_learned(mode):
+    """A scheduler on APO sets the group's lr; APO's η (or P) is its learned factor times that lr, so
+    meta-steps no longer overwrite the schedule (they did: η was written into group["lr"])."""
+    runs = {}
+    for gamma in (1.0, 0.5):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), mode=mode, meta_interval=2)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=gamma)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            _regression_step(model, opt, gen, scheduler)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * gamma**6)
+        runs[gamma] = opt
+    scheduled = runs[0.5]
+    if mode == "lr":
+        factor = scheduled._meta_params[0][0].detach().exp().item()
+        assert scheduled.lrs[0] == pytest.approx(factor * 0.1 * 0.5**6)
+        assert scheduled.lrs[0] < 0.1 * runs[1.0].lrs[0]
+    else:
+        assert scheduled.schedule()["precond_scale"] < 0.1 * runs[1.0].schedule()["precond_scale"]
+
+
+def test_a_batch_of_any_form_takes_forward_and_loss():
+    """A dict batch with the user's forward/loss gives the Q of the simple form on the same data (it
+    raised an opaque TypeError); without them the error names the keywords."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1,
+              divergence="mse")
+    inputs, targets, fresh = torch.randn(8, 4), torch.randn(8, 2), torch.randn(6, 4)
+    _half_mse(model(inputs), targets).backward()
+    simple = opt.meta_objective(model, (inputs, targets), fresh, _half_mse)
+    general = opt.meta_objective(model, {"x": inputs, "y": targets}, {"x": fresh},
+                                 forward=lambda net, batch: net(batch["x"]),
+                                 loss=lambda outputs, batch: _half_mse(outputs, batch["y"]))
+    assert general.item() == pytest.approx(simple.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="forward=lambda model, batch"):
+        opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, _half_mse)
+    assert opt._pending_directions is None and not opt.base.state  # refused before the base was probed
+    assert opt.meta_step(model, {"x": inputs, "y": targets}, {"x": fresh}, forward=lambda net, b: net(b["x"]),
+                         loss=lambda outputs, b: _half_mse(outputs, b["y"])) is not None
+
+
+def test_a_classifier_without_a_divergence_gets_kl_and_an_unclear_task_an_error():
+    """Without divergence=, class logits against labels take KL (they silently took MSE on logits)."""
+    model, batch, fresh, loss_fn = _classifier_batch()
+    values = []
+    for divergence in (None, "kl"):
+        opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.05), divergence=divergence)
+        model.zero_grad()
+        loss_fn(model(batch[0]), batch[1]).backward()
+        values.append(opt.meta_objective(model, batch, fresh, loss_fn).item())
+    assert values[0] == values[1]
+    regression = nn.Linear(3, 2).double()
+    opt = APO(regression.parameters(), functools.partial(torch.optim.SGD, lr=0.05))
+    inputs = torch.randn(5, 3, dtype=torch.float64)
+    weights = torch.ones(5, dtype=torch.float64)
+    regression(inputs).sum().backward()
+    with pytest.raises(ValueError, match="cannot tell the output divergence .* pass divergence="):
+        opt.meta_objective(regression, (inputs, weights), inputs, lambda outputs, w: (w[:, None] * outputs).sum())
+
+
+def test_a_base_whose_step_is_not_linear_in_lr_is_refused():
+    """Rprop's step sizes start at lr and are clamped: APO blew the loss up from 2.3 to 3e5 in 3 steps."""
+    model, batch, fresh, loss_fn = _classifier_batch()
+    opt = APO(model.parameters(), functools.partial(torch.optim.Rprop, lr=0.01), divergence="kl")
+    loss_fn(model(batch[0]), batch[1]).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"invalid base: 'Rprop' \(allowed: an optimizer whose update is lr·d"):
+        opt.meta_step(model, batch, fresh, loss_fn)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)) and not opt.base.state
+    for cls in (torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.AdamW):  # lr·d with d independent of lr
+        opt = APO(model.parameters(), functools.partial(cls, lr=0.01), divergence="kl")
+        assert opt.meta_step(model, batch, fresh, loss_fn) is not None
+
+
+def test_lbfgs_is_refused_before_any_work():
+    """A class or partial is refused before it is built; a factory of another form once it has built."""
+    model = nn.Linear(2, 1)
+    for base in (torch.optim.LBFGS, functools.partial(torch.optim.LBFGS, lr=0.1),
+                 torch.optim.LBFGS(model.parameters()), lambda params: torch.optim.LBFGS(params)):
+        with pytest.raises(ValueError, match=r"invalid base: 'LBFGS' .*closure"):
+            APO(model.parameters(), base)
+
+
+def test_deepcopy_and_pickle_are_whole_optimizers():
+    """They were half-built ('base' and '_num_steps' missing); the copies step as the original."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.Adam, lr=0.01), mode="precond", meta_interval=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        _regression_step(model, opt, gen)
+    twins = [copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))]
+    for net, optimizer in [(model, opt), *twins]:
+        step_gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            _regression_step(net, optimizer, step_gen)
+    for twin, _ in twins:
+        assert torch.equal(twin.weight, model.weight) and torch.equal(twin.bias, model.bias)
+
+
+def test_a_checkpoint_of_the_log_lr_format_loads_as_the_same_schedule():
+    """Checkpoints written before φ became a factor of the group's lr held log η, and η in the group."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    groups = [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.01}]
+    for per_group in (True, False):
+        opt = APO(groups, functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1, lr_per_group=per_group)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            _regression_step(model, opt, gen)
+        old = copy.deepcopy(opt.state_dict())
+        del old["format"]
+        for group, eta in zip(old["base"]["param_groups"], opt.lrs):
+            group["lr"] = eta
+        for meta, group in zip(old["meta_params"], opt.param_groups):
+            for i, t in enumerate(meta):
+                meta[i] = t + math.log(group["lr"])
+        resumed = APO(groups, functools.partial(torch.optim.SGD, lr=0.1), meta_interval=1, lr_per_group=per_group)
+        resumed.load_state_dict(old)
+        assert resumed.lrs == pytest.approx(opt.lrs, rel=1e-6)

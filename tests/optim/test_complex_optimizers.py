@@ -295,3 +295,20 @@ def test_fused_adam_takes_the_eager_path_while_step_counts_differ(monkeypatch):
     assert calls == [1]
     assert opt.state[first]["step"].item() == 2 and opt.state[late]["step"].item() == 1
     torch.testing.assert_close(late.detach(), torch.full((2,), 1 - 1e-3))
+
+
+@pytest.mark.parametrize("cls, option, key", [(ComplexAdam, ("amsgrad", True), "max_exp_avg_sq"),
+                                              (ComplexMomentum, ("dampening", 0.5), "step")])
+def test_state_an_option_switched_on_later_creates_is_kept_for_complex_params(cls, option, key):
+    """The update sees real views of a complex parameter's state; what it adds must reach the state."""
+    param = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    opt = cls([param], lr=0.1)
+    param.grad = torch.ones(3, dtype=torch.complex64)
+    opt.step()
+    opt.param_groups[0][option[0]] = option[1]
+    for _ in range(2):
+        opt.step()
+    value = opt.state[param][key]
+    assert value.dtype == (torch.complex64 if key == "max_exp_avg_sq" else torch.float32)
+    if key == "step":
+        assert value.item() == 3  # (counted from 1: the buffers existed, so not a first step)

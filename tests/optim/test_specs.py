@@ -37,6 +37,13 @@ SETTINGS = {
                           dict(lr=0.005, centered=True, momentum=0.5, maximize=True)],
     torch.optim.Adagrad: [dict(lr=0.05), dict(lr=0.05, lr_decay=0.01, weight_decay=0.05, eps=1e-8),
                           dict(lr=0.05, initial_accumulator_value=0.1, maximize=True)],
+    # metaopt's own classes against their cores (at angle 0 both are torch's SGD/Adam: tests/optim).
+    ComplexMomentum: [dict(lr=0.05, momentum=0.8, angle=0.5), dict(lr=0.05, momentum=0.7, angle=1.0,
+                                                                   dampening=0.2, weight_decay=0.01),
+                      dict(lr=0.05, momentum=0.8, angle=0.3, nesterov=True, maximize=True)],
+    ComplexAdam: [dict(lr=0.01, angle=0.4), dict(lr=0.01, betas=(0.8, 0.99), angle=0.8, amsgrad=True,
+                                                 weight_decay=0.05),
+                  dict(lr=0.01, angle=0.2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)],
 }
 CASES = [(cls, i, dtype) for cls, settings in SETTINGS.items() for i in range(len(settings))
          for dtype in (torch.float32, torch.float64)]
