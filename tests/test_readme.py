@@ -24,7 +24,7 @@ x, y = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)                 # two player
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
 loss_fn = torch.nn.functional.cross_entropy
 batches = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(4)]
-loader = batches
+loader = fresh_loader = batches                                      # a training loader, and a second one
 fresh = itertools.cycle(batches)
 """
 
