@@ -62,5 +62,6 @@ def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list
         "rows": rows,
         "notes": f"Median of {repeats} interleaved repetitions after one warm-up, each a fresh process. "
                  "--help imports Hydra and composes the config, but not torch, wandb, matplotlib or the tasks; "
-                 "a config error imports torch (validation runs where the objects are built), not the rest.",
+                 "an invalid value is rejected by the checks that run before torch is imported (an error found "
+                 "while building the objects, e.g. task.model.hidden_sizes=64, comes after importing torch).",
     }]
