@@ -13,24 +13,23 @@ import random
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from metaopt.checks import require
-from metaopt.runner.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from metaopt.runner.folder import RESULT_FILES, RunFolderLock
-from metaopt.runner.plots import plot_curves
 from metaopt.runner.validate import check_config_pairing, validate_config, validate_optimizer_config
+
+# torch, numpy, tqdm, matplotlib, wandb, the checkpoints and the tasks are imported by the functions that
+# use them: `metaopt --help` and an invalid override answer before any of them has loaded.
 
 
 def _process_start_time() -> float:
@@ -76,10 +75,15 @@ def _resume_folder(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path | None
 
 
 def _wandb_names(cfg: DictConfig) -> dict[str, Any]:
+    """A sweep's runs share a wandb group named after the sweep (``multirun/<date>/<time>``: ``<date>/<time>``,
+    prefixed with the experiment's name when one was chosen); each run is named by its overrides."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return {"group": Path(hydra_cfg.sweep.dir).name, "name": hydra_cfg.job.override_dirname or None}
-    return {"name": hydra_cfg.job.override_dirname or None}
+    name = hydra_cfg.job.override_dirname or None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {"name": name}
+    group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    return {"group": f"{experiment}/{group}" if experiment else group, "name": name}
 
 
 def _nonfinite(metrics: dict[str, float]) -> str | None:
@@ -93,7 +97,7 @@ def _nonfinite(metrics: dict[str, float]) -> str | None:
 # (and in a larger outer.steps). log_every changes only which averages metrics.jsonl holds.
 RESUME_FREE_KEYS = ("logger", "progress", "resume", "overwrite", "checkpoint_every", "log_every", "threads", "name",
                     "objective")
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_MAX = 3.4028234663852886e38  # float(numpy.finfo(numpy.float32).max), without importing numpy
 _ABSENT = "<absent>"
 
 
@@ -181,6 +185,8 @@ def _claim_fresh_start(cfg: DictConfig, folder: Path) -> None:
 
 def _check_resume(cfg: DictConfig, container: dict[str, Any], checkpoint: dict[str, Any], path: Path) -> None:
     """Refuse to resume ``checkpoint`` under a config that could change the result, or with nothing to run."""
+    from metaopt.runner.checkpoint import CheckpointError
+
     step = int(checkpoint["step"])
     steps = cfg.outer.get("steps") if isinstance(cfg.get("outer"), DictConfig) else None
     if isinstance(steps, int) and step >= steps:
@@ -262,6 +268,8 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
         # share of the state (e.g. its particles) in a subfolder, and resumes from there.
         folder = folder / f"rank{rank}"
         checkpoint_path = folder / CHECKPOINT if checkpoint_path else None
+    from metaopt.runner.checkpoint import load_checkpoint
+
     with RunFolderLock(folder):
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path else None
         if checkpoint is None:
@@ -276,6 +284,11 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
 def _run_owned(cfg: DictConfig, container: dict[str, Any], folder: Path, checkpoint_path: Path | None,
                checkpoint: dict[str, Any] | None, rank: int, names: dict[str, Any] | None,
                origin: float) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from metaopt.runner.checkpoint import CheckpointError, set_rng_state
+
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -326,6 +339,11 @@ def _run_owned(cfg: DictConfig, container: dict[str, Any], folder: Path, checkpo
 
 def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: float,
            origin: float, checkpoint: dict[str, Any] | None, container: dict[str, Any]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from metaopt.runner.checkpoint import rng_state, save_checkpoint
+    from metaopt.runner.plots import plot_curves
+
     log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
     # The metrics averaged since the last logged step travel in checkpoints, so that a checkpoint
     # between two logged steps resumes into the same averages.
@@ -354,7 +372,7 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
             record = {k: v / count for k, v in window.items()}
             if is_eval:
                 record.update(loop.evaluate())
-            logger.log(step, record)
+            logger.log(step, record, evaluation=bool(is_eval))
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(record.items())[:3]}, refresh=False)
             window, count = {}, 0
         bar.update(1)
@@ -389,8 +407,39 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run(cfg, output_dir, _wandb_names(cfg))
+    """``metaopt …`` (``python -m metaopt.run …``): one Hydra job; returns the summary's ``objective``.
+
+    A configuration error (a bad value, an object that cannot be built) prints one line, without a
+    traceback, and exits non-zero; ``HYDRA_FULL_ERROR=1`` shows the traceback. In a ``-m`` sweep a
+    failed job does not stop the others: its error goes to ``error.txt`` in its folder, the sweep's
+    ``report.md`` marks it, the sweeper gets ``None`` (Optuna records a failed trial and goes on), and
+    the sweep exits non-zero at the end.
+    """
+    from metaopt.runner.errors import config_error_message, full_error_requested
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        summary = run(cfg, output_dir, _wandb_names(cfg))
+    except Exception as error:
+        if full_error_requested():
+            raise
+        message = config_error_message(error, list(hydra_cfg.overrides.task))
+        if not sweep:
+            if message is None:
+                raise
+            print(message, file=sys.stderr)
+            print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            sys.exit(2)
+        if message is None:
+            traceback.print_exc()
+            message = f"error: {type(error).__name__}: {' '.join(str(error).split())}"
+        from metaopt.runner.report import record_failure
+
+        record_failure(output_dir, message, list(hydra_cfg.overrides.task))
+        print(f"job {hydra_cfg.job.num} failed: {message}", file=sys.stderr)
+        return None
     objective = summary.get(cfg.get("objective") or "")
     return float(objective) if isinstance(objective, (int, float)) else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class LocalLogger:
     def run_id(self) -> str | None:
         return None
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], evaluation: bool | None = None) -> None:
+        """Record ``metrics`` at ``step``; ``evaluation``: they include an evaluation's (dashboards send
+        those at once; ``None``: guess from keys the previous record did not have)."""
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self.history.append(record)
         self._file.write(json.dumps(record) + "\n")
@@ -84,9 +87,15 @@ class WandbLogger(LocalLogger):
     ``wandb sync <run folder>/wandb/offline-run-*``). ``metadata=True`` also records the installed
     packages, the machine and the git state (off by default: it costs CPU while training starts).
 
-    A record reaches wandb at most every ``min_interval`` seconds (the last one always does): each
-    costs wandb's service process about 0.7 ms of CPU, which a fast loop on a small machine feels.
-    ``metrics.jsonl`` keeps every record.
+    Each record sent costs wandb's service process about 0.7 ms of CPU, which a fast loop on a small
+    machine feels, so step metrics reach wandb at most every ``min_interval`` seconds: the records in
+    between are averaged (weighted by the steps each covers) into the next row sent, never dropped.
+    Evaluations (``log(..., evaluation=True)``) are sent at once, with the average so far; the last
+    record always arrives. ``metrics.jsonl`` keeps every record as logged.
+
+    A resumed run (``run_id`` given) continues the same wandb run (``resume="allow"``). Offline, wandb
+    writes each start into a new ``offline-run-*`` folder; the resumed run replays the history kept up
+    to ``resume_step`` and removes the earlier folders of the same run, so one folder holds the whole run.
     """
 
     def __init__(self, folder: str | Path, run_config: dict | None = None, resume_step: int | None = None,
@@ -100,7 +109,10 @@ class WandbLogger(LocalLogger):
         self._wandb = wandb
         self.min_interval = float(min_interval)
         self._last_sent = -math.inf
-        self._unsent: tuple[int, dict[str, Any]] | None = None
+        self._last_step = 0            # the last step logged (sent or pending)
+        self._pending: dict[str, list] = {}  # key -> [weighted sum, weight] (numbers) or [value, None]
+        self._pending_step: int | None = None
+        self._previous_keys: set[str] = set()
         self.run = wandb.init(
             project=project, entity=entity, group=group, name=name, tags=list(tags or []),
             config=run_config, dir=str(self.folder), mode=mode, id=run_id,
@@ -111,41 +123,73 @@ class WandbLogger(LocalLogger):
                                     x_save_requirements=metadata, x_disable_machine_info=not metadata,
                                     disable_git=not metadata),
         )
+        if run_id and mode == "offline":
+            self._continue_offline_run(run_id)
+
+    def _continue_offline_run(self, run_id: str) -> None:
+        """Replay the kept history into this offline run and remove the earlier folders of the same run."""
+        for record in self.history:
+            step = record["step"]
+            self.run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            self._last_step = step
+        current = Path(self.run.dir).parent.resolve()
+        wandb_dir = self.folder / "wandb"
+        # wandb appends -1, -2, ... to a folder started in the same second as an earlier one
+        for earlier in [*wandb_dir.glob(f"offline-run-*-{run_id}"), *wandb_dir.glob(f"offline-run-*-{run_id}-*")]:
+            if earlier.is_dir() and earlier.resolve() != current:
+                shutil.rmtree(earlier, ignore_errors=True)
 
     @property
     def run_id(self) -> str | None:
         return self.run.id
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], evaluation: bool | None = None) -> None:
         super().log(step, metrics)
-        record = {k: _jsonable(v) for k, v in metrics.items()}
+        if evaluation is None:  # a caller that does not say: new keys (val_loss, ...) mean an evaluation
+            evaluation = not metrics.keys() <= self._previous_keys
+        self._previous_keys = set(metrics)
+        weight = max(step - self._last_step, 1)
+        self._last_step = step
+        for key, value in metrics.items():
+            value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total = self._pending.setdefault(key, [0.0, 0])
+                if total[1] is None:
+                    total[:] = [0.0, 0]
+                total[0] += weight * value
+                total[1] += weight
+            else:
+                self._pending[key] = [value, None]
+        self._pending_step = step
         now = time.monotonic()
-        if now - self._last_sent >= self.min_interval:
-            self.run.log(record, step=step)
-            self._last_sent, self._unsent = now, None
-        else:
-            self._unsent = (step, record)
+        if evaluation or now - self._last_sent >= self.min_interval:
+            self._send_pending()
+            self._last_sent = now
 
-    def _send_unsent(self) -> None:
-        if self._unsent is not None:
-            step, record = self._unsent
-            self.run.log(record, step=step)
-            self._unsent = None
+    def _send_pending(self) -> None:
+        if self._pending_step is None:
+            return
+        record = {k: _jsonable(v if weight is None else v / weight) for k, (v, weight) in self._pending.items()}
+        self.run.log(record, step=self._pending_step)
+        self._pending, self._pending_step = {}, None
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        self._send_unsent()
+        self._send_pending()
         super().log_summary(summary)
         rows = [[k, _jsonable(v)] for k, v in summary.items() if isinstance(_jsonable(v), (int, float, str))]
         self.run.summary.update({k: v for k, v in rows})
+        # At the last step, so that the table and the plots do not add a row past the end of the curves.
         self.run.log({"summary_table": self._wandb.Table(columns=["metric", "value"],
-                                                         data=[[k, str(v)] for k, v in rows])})
+                                                         data=[[k, str(v)] for k, v in rows])},
+                     step=self._last_step)
 
     def log_images(self, paths: list[Path], step: int | None = None) -> None:
+        self._send_pending()
         images = {Path(p).stem: self._wandb.Image(str(p)) for p in paths}
         if images:
-            self.run.log(images)
+            self.run.log(images, step=self._last_step if step is None else step)
 
     def finish(self, exit_code: int = 0) -> None:
-        self._send_unsent()
+        self._send_pending()
         super().finish(exit_code)
         self.run.finish(exit_code=exit_code)

@@ -6,12 +6,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 __all__ = ["plot_curves", "plot_comparison"]
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, imported on the first plot (it costs ~0.5 s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -37,7 +42,7 @@ def _save(fig, path: str | Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -45,7 +50,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     """One panel for losses (log scale), one for accuracies, one for everything else, over steps."""
     keys = sorted({k for record in history for k in record if k != "step"})
     panels = _panels(keys) or [("metrics", [], False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (name, panel_keys, log) in zip(axes[0], panels):
         for key in panel_keys:
             steps, values = _series(history, key)
@@ -64,7 +69,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
 def plot_comparison(histories: dict[str, Sequence[dict[str, Any]]], keys: Sequence[str], path: str | Path,
                     title: str = "") -> Path:
     """Overlay the same metrics from several runs (one line per run), one panel per metric."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, history in histories.items():
             steps, values = _series(history, key)

@@ -43,8 +43,9 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
         elif key == "eps":
             require(name, value, _number(value) and value > 0, "a finite number > 0")
         elif key == "betas":
-            ok = isinstance(value, Sequence) and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
-            require(name, value if not isinstance(value, Sequence) else list(value), ok, "two numbers in [0, 1)")
+            pair = isinstance(value, Sequence) and not isinstance(value, str)
+            ok = pair and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
+            require(name, list(value) if pair else value, ok, "two numbers in [0, 1)")
 
 
 def validate_config(cfg: DictConfig) -> None:
