@@ -46,12 +46,9 @@ def _shortened(code: str) -> str:
 
 BLOCKS = _blocks()
 
-# Examples broken when this test was written, in README sections its authors do not edit (the fix:
-# from metaopt.outer import BilevelLoop; from metaopt.tasks import DatasetDistillation). Strict, and keyed by
-# the broken line: a fixed README no longer matches, and the entry can go.
-KNOWN_BROKEN = {
-    "from metaopt.bilevel import BilevelLoop": "BilevelLoop and DatasetDistillation moved (commit d3d2202)",
-}
+# Examples known to be broken, keyed by a line of the example (strict xfail: a fixed README fails the
+# test until its entry goes). Empty: every example runs.
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 def test_the_readme_has_the_examples_this_test_runs():

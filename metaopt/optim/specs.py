@@ -148,10 +148,15 @@ class OptimizerSpec:
                 continue
             if key in self.pairs:
                 names = self.pairs[key]
+                domains = [self.hyperparameters[n] for n in names]
                 ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == len(names)
+                ok = ok and all(d.contains(v) for d, v in zip(domains, value))
                 if not ok:
-                    raise ValueError(f"invalid {prefix}.{key}: {value!r} (allowed: {len(names)} numbers, "
-                                     f"{', '.join(names)})")
+                    shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+                    within = {d.domain.removeprefix("a number ").removeprefix("a finite number ") for d in domains}
+                    count = {2: "two", 3: "three"}.get(len(names), str(len(names)))
+                    raise ValueError(f"invalid {prefix}.{key}: {shown!r} (allowed: {count} numbers "
+                                     f"{' / '.join(sorted(within))}: {', '.join(names)})")
                 out.update(zip(names, list(value)))
             elif key in self.hyperparameters or key in self.flags:
                 out[key] = value

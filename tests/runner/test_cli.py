@@ -24,7 +24,7 @@ def test_help_loads_neither_torch_nor_wandb_nor_the_tasks():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("optimizer.betas=0.9", "error: invalid optimizer.betas: 0.9 (allowed: two numbers in [0, 1))"),
+    ("optimizer.betas=0.9", "error: invalid optimizer.betas: 0.9 (allowed: two numbers in [0, 1): beta1, beta2)"),
     ("task.model.hidden_sizes=64", "error: task.model.hidden_sizes=64: TypeError: "),
 ])
 def test_a_config_error_is_one_line_without_a_traceback(tmp_path, override, message):
