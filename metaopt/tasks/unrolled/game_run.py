@@ -15,7 +15,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
 from metaopt.tasks.games.game import UPDATES, Game
-from metaopt.tasks.unrolled.problem import ParticleState, where_particles
 from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
 __all__ = ["GameRun"]
@@ -67,7 +66,7 @@ class GameRun(TunedRun):
         layer_of_tensor = [i for i, name in enumerate(self.player_names)
                            for _ in range(self._slices[name].stop - self._slices[name].start)]
         self.tuning = TunedHyperparameters(spec, optimizer_kwargs, tuned, schedule, per_layer, self.player_names,
-                                           layer_of_tensor, horizon, fixed)
+                                           layer_of_tensor, horizon, fixed, dtype=self.initial_params[0].dtype)
         self.fixed = self.tuning.fixed
         initial_opt = tuple(spec.init(self.initial_params[self._slices[n]], self.fixed) for n in self.player_names)
         leaves, self._opt_spec = tree_flatten(initial_opt)
@@ -112,33 +111,12 @@ class GameRun(TunedRun):
             meta = self.game.meta_loss(players)
         return params, tuple(tree_flatten(tuple(states))[0]), meta
 
-    def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
-        if steps is None:
-            steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
-
-        def stack(tensors):
-            return [t.expand(num_particles, *t.shape).clone() for t in tensors]
-
-        return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
-
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
         return self._run(state, theta, num_steps, generator, reset=True)
 
     def _run(self, state, theta, num_steps, generator, reset):
-        step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
-        fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
-        losses, resets = [], []
-        for _ in range(num_steps):
-            params, opt, meta = self._step(params, opt, self.hyperparameters(theta, step), generator)
-            losses.append(meta)
-            step = step + 1
-            done = step >= self.horizon
-            resets.append(done)
-            if reset and bool(done.any()):
-                restarted = where_particles(done, fresh, {"params": list(params), "opt": list(opt)})
-                params, opt = tuple(restarted["params"]), tuple(restarted["opt"])
-                step = torch.where(done, torch.zeros_like(step), step)
-        return {"step": step, "params": list(params), "opt": list(opt)}, torch.stack(losses), torch.stack(resets)
+        return self._advance(state, theta, num_steps,
+                             lambda params, opt, hyper: self._step(params, opt, hyper, generator), reset)
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -15,7 +15,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from metaopt.checks import require
 from metaopt.optim._compiled import CompiledStep
 from metaopt.tasks.supervised import SupervisedTask
-from metaopt.tasks.unrolled.problem import ParticleState, where_particles
 from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
 __all__ = ["TrainingRun"]
@@ -145,15 +144,6 @@ class TrainingRun(TunedRun):
 
         return per_particle(inputs), per_particle(targets)
 
-    def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
-        if steps is None:
-            steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
-
-        def stack(tensors):
-            return [t.expand(num_particles, *t.shape).clone() for t in tensors]
-
-        return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
-
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
         step_function = self._step
         if self._compiled_step is not None and not torch.is_grad_enabled():
@@ -163,26 +153,15 @@ class TrainingRun(TunedRun):
 
     def _run(self, state, theta, num_steps, generator, streams, num_streams, reset, step_function=None):
         step_function = step_function or self._step
-        step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
-        fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
-        losses, resets = [], []
-        for _ in range(num_steps):
+
+        def one_step(params, opt, hyper):
             inputs, targets = self._batches("train", generator, streams, num_streams)
             meta_inputs = meta_targets = None
             if self.meta_split == "val":
                 meta_inputs, meta_targets = self._batches("val", generator, streams, num_streams)
-            hyper = self.hyperparameters(theta, step)
-            params, opt, meta = step_function(params, opt, hyper, inputs, targets, meta_inputs, meta_targets)
-            losses.append(meta)
-            step = step + 1
-            done = step >= self.horizon
-            resets.append(done)
-            if reset and bool(done.any()):
-                restarted = where_particles(done, fresh, {"params": list(params), "opt": list(opt)})
-                params, opt = tuple(restarted["params"]), tuple(restarted["opt"])
-                step = torch.where(done, torch.zeros_like(step), step)
-        state = {"step": step, "params": list(params), "opt": list(opt)}
-        return state, torch.stack(losses), torch.stack(resets)
+            return step_function(params, opt, hyper, inputs, targets, meta_inputs, meta_targets)
+
+        return self._advance(state, theta, num_steps, one_step, reset)
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

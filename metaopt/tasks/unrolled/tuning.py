@@ -4,14 +4,14 @@ unconstrained parameterisation (from the optimizer's spec), schedules and per-la
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from metaopt.checks import require
 from metaopt.optim.specs import OptimizerSpec, factory_kwargs, spec_for
-from metaopt.tasks.unrolled.problem import UnrolledProblem
+from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem, where_particles
 
 __all__ = ["TunedHyperparameters", "TunedRun", "optimizer_spec", "SCHEDULES"]
 
@@ -52,14 +52,15 @@ class TunedHyperparameters:
 
     ``schedule="linear"``: ``lr_t = e^{θ_start}(T−t)/T + e^{θ_end}t/T`` (the PES paper's schedule), two
     coordinates for lr. Names in ``per_layer`` get one coordinate per layer: ``layers`` names the
-    groups of tensors, ``layer_of_tensor`` gives each tensor's group.
+    groups of tensors, ``layer_of_tensor`` gives each tensor's group. θ has ``dtype`` (the inner
+    problem's: a float64 game is tuned in float64).
     """
 
     def __init__(self, spec: OptimizerSpec, optimizer_kwargs: Mapping[str, Any],
                  tuned: Sequence[str] | Mapping[str, float | None] | None, schedule: str = "constant",
                  per_layer: Sequence[str] = (), layers: Sequence[str] = ("all",),
                  layer_of_tensor: Sequence[int] = (), horizon: int = 1, fixed: Mapping[str, Any] | None = None,
-                 prefix: str = "outer.problem"):
+                 prefix: str = "outer.problem", dtype: torch.dtype = torch.float32):
         if tuned is None:
             tuned = list(spec.natural)
         if isinstance(tuned, str):
@@ -107,7 +108,7 @@ class TunedHyperparameters:
                     label = key + (f"_{phase}" if phase else "") + (f".{layers[layer]}" if layer is not None else "")
                     labels.append(label)
                     names.append(f"{hyper.transform}_{label}" if hyper.transform != "identity" else label)
-        self.theta0 = torch.tensor(theta0)
+        self.theta0 = torch.tensor(theta0, dtype=dtype)
         self.names = names
         self.labels = labels
 
@@ -159,6 +160,38 @@ class TunedRun(UnrolledProblem):
     ``horizon``, ``device`` and define ``evaluate_many``."""
 
     tuning: TunedHyperparameters
+    initial_params: tuple[torch.Tensor, ...]
+    initial_opt: tuple[torch.Tensor, ...]
+    """The inner optimizer's state at ``s_0``, flattened into tensors."""
+
+    def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
+        if steps is None:
+            steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
+
+        def stack(tensors):
+            return [t.expand(num_particles, *t.shape).clone() for t in tensors]
+
+        return {"step": steps.clone(), "params": stack(self.initial_params), "opt": stack(self.initial_opt)}
+
+    def _advance(self, state: ParticleState, theta: torch.Tensor, num_steps: int,
+                 step_function: Callable, reset: bool) -> tuple[ParticleState, torch.Tensor, torch.Tensor]:
+        """``num_steps`` inner steps ``params, opt, meta_loss = step_function(params, opt, hyperparameters)``
+        of every particle; with ``reset``, a particle at the end of its horizon restarts from ``s_0``."""
+        step, params, opt = state["step"], tuple(state["params"]), tuple(state["opt"])
+        fresh = {"params": list(self.initial_params), "opt": list(self.initial_opt)}
+        losses, resets = [], []
+        for _ in range(num_steps):
+            params, opt, meta = step_function(params, opt, self.hyperparameters(theta, step))
+            losses.append(meta)
+            step = step + 1
+            done = step >= self.horizon
+            resets.append(done)
+            if reset and bool(done.any()):
+                restarted = where_particles(done, fresh, {"params": list(params), "opt": list(opt)})
+                params, opt = tuple(restarted["params"]), tuple(restarted["opt"])
+                step = torch.where(done, torch.zeros_like(step), step)
+        state = {"step": step, "params": list(params), "opt": list(opt)}
+        return state, torch.stack(losses), torch.stack(resets)
 
     @property
     def theta_names(self) -> list[str]:
