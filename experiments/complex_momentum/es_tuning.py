@@ -77,7 +77,8 @@ def bilinear(rows, axes) -> None:
                  f"{_radius(jacobian, best):.4f}", _meta(runs[0][3], best)])
     for method, tuned, seed, loop, _, described in runs:
         setting = {"lr": 0.3, **described[-1]}
-        rows.append(["bilinear", f"{method} tunes {tuned} (seed {seed})", str(loop.num_steps), _fmt(setting),
+        label = f"{method} tunes {tuned} (seed {seed})".replace("|", "\\|")
+        rows.append(["bilinear", label, str(loop.num_steps), _fmt(setting),
                      f"{_radius(jacobian, setting):.4f}", _meta(loop, setting)])
 
     ax = axes[0]
