@@ -34,8 +34,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: offline wandb, and its own wandb service. (A test that used
+    wandb in this process set WANDB_SERVICE, which would make every subprocess share this process's
+    service: a run killed with SIGKILL would leave its run open there, and its resume would be refused
+    with "run ID … is in use".)"""
+    return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline"}
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """``python -m metaopt.run ARGS`` in a subprocess, as a user would type it."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env = {**subprocess_env(), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaopt.run", *args], cwd=kwargs.pop("cwd", REPO),
                           capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs)

@@ -6,7 +6,6 @@ step, flushed line by line so that a crash keeps what was logged, and ``summary.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -114,8 +113,7 @@ class WandbLogger(LocalLogger):
         self._pending: dict[str, list] = {}  # key -> [weighted sum, weight] (numbers) or [value, None]
         self._pending_step: int | None = None
         self._previous_keys: set[str] = set()
-        init = functools.partial(
-            wandb.init,
+        self.run = wandb.init(
             project=project, entity=entity, group=group, name=name, tags=list(tags or []),
             config=run_config, dir=str(self.folder), mode=mode, id=run_id,
             resume="allow" if run_id else None, reinit="finish_previous",
@@ -125,16 +123,6 @@ class WandbLogger(LocalLogger):
                                     x_save_requirements=metadata, x_disable_machine_info=not metadata,
                                     disable_git=not metadata),
         )
-        # A run killed with SIGKILL leaves wandb's service process behind for a few seconds, holding the
-        # run id: the resumed run waits for it to let go instead of failing.
-        for attempt in range(30):
-            try:
-                self.run = init()
-                break
-            except Exception as error:  # wandb's ServerResponseError, not importable by a stable name
-                if not run_id or "in use" not in str(error) or attempt == 29:
-                    raise
-                time.sleep(1.0)
         if run_id and mode == "offline":
             self._continue_offline_run(run_id)
 

@@ -1,7 +1,6 @@
 """Checkpoints: a run killed with SIGKILL and resumed ends exactly where an uninterrupted one does."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from metaopt.runner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, subprocess_env
 
 # Checkpoints fall between logged steps (every 100 vs every 30): the averaging window must resume too.
 ARGS = ["task=digits_mlp", "optimizer=sgd_momentum", "outer.steps=3000", "outer.eval_every=500",
@@ -28,7 +27,7 @@ def _results(folder):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "metaopt.run", *ARGS, "logger=wandb",
                              f"hydra.run.dir={killed}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
