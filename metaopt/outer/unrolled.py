@@ -117,12 +117,14 @@ class UnrolledLoop:
 
     def step(self) -> dict[str, float]:
         gradient, info = self.estimator.estimate(self.theta.detach())
-        self.outer_optimizer.zero_grad(set_to_none=True)
-        self.theta.grad = gradient.to(self.theta.dtype)
-        self.outer_optimizer.step()
-        self.trajectory.append(self.theta.tolist())
-        # A non-finite unroll loss means every particle diverged: the runner stops on it.
+        # Every particle diverged: the estimate is NaN and the runner stops on the NaN loss; θ (and the
+        # outer optimizer's state, which a checkpoint keeps) stay as they were.
         all_diverged = info["num_diverged"] == self.estimator.num_particles
+        if not all_diverged:
+            self.outer_optimizer.zero_grad(set_to_none=True)
+            self.theta.grad = gradient.to(self.theta.dtype)
+            self.outer_optimizer.step()
+        self.trajectory.append(self.theta.tolist())
         return {"unroll_loss": float("nan") if all_diverged else info["loss"],
                 "estimate_norm": float(gradient.norm()), "num_diverged": float(info["num_diverged"]),
                 **self.problem.describe(self.theta.detach())}

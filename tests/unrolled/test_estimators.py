@@ -338,3 +338,4 @@ def test_unrolled_loop_reports_nan_when_every_particle_diverged():
                         functools.partial(torch.optim.SGD, lr=0.1), steps=3)
     metrics = loop.step()
     assert metrics["num_diverged"] == 8 and torch.isnan(torch.tensor(metrics["unroll_loss"]))
+    assert loop.theta.item() == 5.0 and not loop.outer_optimizer.state  # θ not stepped with the NaN estimate
