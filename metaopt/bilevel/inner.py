@@ -43,7 +43,7 @@ class InnerOptimizer:
                 "(metaopt.optim.specs)")
         self.spec = spec
         self.name = spec.name
-        allowed = {*spec.hyperparameters, *spec.flags, *spec.implied}
+        allowed = {*spec.hyperparameters, *spec.flags, *spec.class_defaults}
         unknown = sorted(set(hyperparameters) - allowed)
         require("inner optimizer hyperparameters", unknown, not unknown,
                 f"the arguments of metaopt.optim.functional.{spec.functional.update.__name__}: {sorted(allowed)}")

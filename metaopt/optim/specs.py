@@ -119,8 +119,9 @@ class OptimizerSpec:
     """One optimizer, declared once.
 
     ``hyperparameters``: the functional core's real keyword arguments and their domains; ``flags``: its
-    boolean options; ``natural``: the knobs an outer loop tunes by default; ``implied``: functional
-    arguments the class fixes (AdamW: ``decoupled_weight_decay=True``); ``init_args``: hyperparameters
+    boolean options; ``natural``: the knobs an outer loop tunes by default; ``class_defaults``: the core's
+    arguments whose value the class sets differently from the core (AdamW: ``decoupled_weight_decay=True``,
+    ``weight_decay=0.01``), given unless the class's arguments say otherwise; ``init_args``: hyperparameters
     the core's ``init`` takes (state set up from them). ``pairs`` maps a torch argument holding several
     hyperparameters to their names (``betas`` → ``beta1``, ``beta2``).
     """
@@ -131,7 +132,7 @@ class OptimizerSpec:
     hyperparameters: Mapping[str, Hyperparameter]
     flags: tuple[str, ...] = ("maximize",)
     natural: tuple[str, ...] = ("lr",)
-    implied: Mapping[str, Any] = field(default_factory=dict)
+    class_defaults: Mapping[str, Any] = field(default_factory=dict)
     init_args: tuple[str, ...] = ()
     pairs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -166,7 +167,7 @@ class OptimizerSpec:
                 raise ValueError(f"invalid {prefix}.{key}: {value!r} ({self.optimizer.__name__} has no such "
                                  f"argument; allowed: {', '.join(allowed)})")
         self.check(out, prefix)
-        return {**self.implied, **out}
+        return {**self.class_defaults, **out}
 
     def check(self, kwargs: Mapping[str, Any], prefix: str = "optimizer") -> None:
         """Raise ``ValueError`` naming the first hyperparameter outside its domain."""
@@ -237,7 +238,7 @@ def _specs() -> None:
                       flags=(*adam_flags, "decoupled_weight_decay"), natural=("lr", "beta1"),
                       pairs={"betas": ("beta1", "beta2")}),
         OptimizerSpec("adamw", torch.optim.AdamW, FUNCTIONAL["adam"], adam_hyper, flags=adam_flags,
-                      natural=("lr", "beta1"), implied={"decoupled_weight_decay": True, "weight_decay": 0.01},
+                      natural=("lr", "beta1"), class_defaults={"decoupled_weight_decay": True, "weight_decay": 0.01},
                       pairs={"betas": ("beta1", "beta2")}),
         OptimizerSpec("rmsprop", torch.optim.RMSprop, FUNCTIONAL["rmsprop"],
                       {"lr": LR, "alpha": DECAY, "eps": EPS, "weight_decay": SCALE, "momentum": DECAY},

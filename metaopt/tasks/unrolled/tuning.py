@@ -34,8 +34,8 @@ def optimizer_spec(optimizer: Any, use: str) -> tuple[OptimizerSpec, dict[str, A
 
 
 def _default(spec: OptimizerSpec, key: str) -> Any:
-    if key in spec.implied:
-        return spec.implied[key]
+    if key in spec.class_defaults:
+        return spec.class_defaults[key]
     parameter = inspect.signature(spec.functional.update).parameters.get(key)
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
