@@ -63,6 +63,22 @@ class SupervisedTask:
         idx = torch.randperm(len(inputs), generator=generator, device="cpu")[:size].to(self.device)
         return inputs[idx], targets[idx]
 
+    def eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and targets an evaluation of ``split`` uses (the first ``max_eval_samples``)."""
+        inputs, targets = getattr(self.data, split)
+        if self.max_eval_samples is not None:
+            inputs, targets = inputs[: self.max_eval_samples], targets[: self.max_eval_samples]
+        return inputs, targets
+
+    @torch.no_grad()
+    def metrics(self, outputs: torch.Tensor, targets: torch.Tensor, split: str) -> dict[str, float]:
+        """``<split>_loss`` (and ``<split>_accuracy`` for classification) of ``outputs``: the one definition
+        every evaluation uses (plain training, training runs of the ES loops, bilevel problems)."""
+        metrics = {f"{split}_loss": float(self.loss(outputs, targets))}
+        if self.kind == "classification":
+            metrics[f"{split}_accuracy"] = float((outputs.argmax(-1) == targets).float().mean())
+        return metrics
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, float]:
         """Full-split loss (and accuracy for classification), e.g. ``val_loss``, ``test_accuracy``."""
@@ -70,12 +86,7 @@ class SupervisedTask:
         model.eval()
         metrics: dict[str, float] = {}
         for split in splits:
-            inputs, targets = getattr(self.data, split)
-            if self.max_eval_samples is not None:
-                inputs, targets = inputs[: self.max_eval_samples], targets[: self.max_eval_samples]
-            outputs = model(inputs)
-            metrics[f"{split}_loss"] = float(self.loss(outputs, targets))
-            if self.kind == "classification":
-                metrics[f"{split}_accuracy"] = float((outputs.argmax(-1) == targets).float().mean())
+            inputs, targets = self.eval_split(split)
+            metrics.update(self.metrics(model(inputs), targets, split))
         model.train(was_training)
         return metrics

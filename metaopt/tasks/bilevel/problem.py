@@ -117,8 +117,5 @@ class SupervisedBilevelProblem(BilevelProblem):
         metrics = {"outer_loss": float(self.outer_loss(params, outer_params))}
         for name in _SPLITS:
             inputs, targets = self.split(name)
-            outputs = self.forward(params, inputs)
-            metrics[f"{name}_loss"] = float(self.task.loss(outputs, targets))
-            if self.task.kind == "classification":
-                metrics[f"{name}_accuracy"] = float((outputs.argmax(-1) == targets).float().mean())
+            metrics.update(self.task.metrics(self.forward(params, inputs), targets, name))
         return metrics
