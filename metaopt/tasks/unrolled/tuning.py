@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
-from metaopt.optim.specs import OptimizerSpec, factory_kwargs, spec_for
+from metaopt.optim.specs import SPECS, OptimizerSpec, factory_kwargs, spec_for
 from metaopt.tasks.unrolled.problem import ParticleState, UnrolledProblem, where_particles
 
 __all__ = ["TunedHyperparameters", "TunedRun", "optimizer_spec", "SCHEDULES"]
@@ -25,8 +25,6 @@ def optimizer_spec(optimizer: Any, use: str) -> tuple[OptimizerSpec, dict[str, A
     target = getattr(optimizer, "func", optimizer)
     shown = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
     if spec is None:
-        from metaopt.optim.specs import SPECS
-
         known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
         raise ValueError(f"invalid optimizer: {shown!r} ({use} needs an optimizer with a functional core, one "
                          f"of {known}; declare yours with metaopt.optim.specs.register)")
@@ -34,8 +32,20 @@ def optimizer_spec(optimizer: Any, use: str) -> tuple[OptimizerSpec, dict[str, A
 
 
 def _default(spec: OptimizerSpec, key: str) -> Any:
+    """The value of ``key`` when the optimizer config gives none: the class's default (torch's SGD: lr
+    1e-3; Adam's betas (0.9, 0.999) → beta1 0.9), else the functional core's."""
     if key in spec.class_defaults:
         return spec.class_defaults[key]
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(spec.optimizer).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+    except (TypeError, ValueError):
+        defaults = {}
+    for pair, names in spec.pairs.items():
+        if pair in defaults and key in names:
+            return defaults[pair][names.index(key)]
+    if key in defaults:
+        return defaults[key]
     parameter = inspect.signature(spec.functional.update).parameters.get(key)
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
