@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
 from metaopt.runner.folder import RESULT_FILES, RunFolderLock
-from metaopt.runner.validate import check_config_pairing, validate_config, validate_optimizer_config
+from metaopt.runner.validate import check_config_pairing, validate_config
 
 # torch, numpy, tqdm, matplotlib, wandb, the checkpoints and the tasks are imported by the functions that
 # use them: `metaopt --help` and an invalid override answer before any of them has loaded.
@@ -101,15 +101,8 @@ _FLOAT32_MAX = 3.4028234663852886e38  # float(numpy.finfo(numpy.float32).max), w
 _ABSENT = "<absent>"
 
 
-def _check_run_keys(cfg: DictConfig, container: dict[str, Any]) -> None:
-    """Checks of the runner's own keys and of every number in the config, before anything is written."""
-    for key in ("log_every", "checkpoint_every"):
-        require(key, cfg[key], not isinstance(cfg[key], bool), "a non-negative integer (0: never), not a bool")
-    overwrite = cfg.get("overwrite", False)
-    require("overwrite", overwrite, isinstance(overwrite, bool), "true or false")
-    outer_optimizer = cfg.outer.get("outer_optimizer") if isinstance(cfg.get("outer"), DictConfig) else None
-    if isinstance(outer_optimizer, DictConfig):
-        validate_optimizer_config(outer_optimizer, "outer.outer_optimizer")
+def _check_numbers(container: dict[str, Any]) -> None:
+    """Every number in the config, before anything is written."""
     # The tensors these numbers scale are float32 (mostly): inf, NaN or a number past float32's range
     # (e.g. lr=1e300, which becomes inf) can only give NaNs a few steps in.
     for path, value in _leaves(container):
@@ -260,7 +253,7 @@ def run(cfg: DictConfig, output_dir: Path, names: dict[str, Any] | None = None) 
     validate_config(cfg)
     check_config_pairing(cfg)
     container = OmegaConf.to_container(cfg, resolve=True)
-    _check_run_keys(cfg, container)
+    _check_numbers(container)
     folder, checkpoint_path = _resume_folder(cfg, output_dir)
     rank = int(os.environ.get("RANK", "0"))
     if rank > 0:
@@ -304,10 +297,7 @@ def _run_owned(cfg: DictConfig, container: dict[str, Any], folder: Path, checkpo
     start = 0
     elapsed = 0.0
     if checkpoint is not None:
-        start, elapsed = int(checkpoint["step"]), checkpoint["train_seconds"]
-        if start >= loop.num_steps:
-            raise CheckpointError(f"cannot resume from {checkpoint_path}: checkpoint at step {start} but the "
-                                  f"loop runs {loop.num_steps} steps: nothing left to run")
+        start, elapsed = int(checkpoint["step"]), checkpoint["train_seconds"]  # past the end: _check_resume
         try:
             # torch optimizers load another optimizer's param groups without a word (and fail at the first
             # step): compare their hyperparameter names first.

@@ -51,11 +51,18 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
 def validate_config(cfg: DictConfig) -> None:
     require("seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "a non-negative integer")
     for key in ("log_every", "checkpoint_every"):
-        require(key, cfg[key], isinstance(cfg[key], int) and cfg[key] >= 0, "a non-negative integer (0: never)")
+        value = cfg[key]
+        require(key, value, isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                "a non-negative integer (0: never), not a bool")
     threads = cfg.get("threads")
     require("threads", threads, threads is None or (isinstance(threads, int) and threads > 0),
             "null or a positive integer")
+    overwrite = cfg.get("overwrite", False)
+    require("overwrite", overwrite, isinstance(overwrite, bool), "true or false")
     validate_optimizer_config(cfg.optimizer)
+    outer_optimizer = cfg.outer.get("outer_optimizer") if isinstance(cfg.get("outer"), DictConfig) else None
+    if isinstance(outer_optimizer, DictConfig):
+        validate_optimizer_config(outer_optimizer, "outer.outer_optimizer")
 
 
 def _target_class(node: Any) -> type | None:

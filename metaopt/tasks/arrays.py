@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metaopt.checks import require
-from metaopt.tasks.data import Split, SplitData
+from metaopt.tasks.data import SplitData, random_split
 
 __all__ = ["from_arrays"]
 
@@ -35,11 +35,6 @@ def from_arrays(inputs: Any, targets: Any, val_fraction: float = 0.2, test_fract
     ``"regression"``) into train/validation/test at random (``split_seed``), as the bundled loaders do:
     inputs float32, class targets int64, regression targets float32. Numpy arrays, tensors or lists."""
     require("kind", kind, kind in _KINDS, f"one of {_KINDS}")
-    require("val_fraction", val_fraction, isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1,
-            "a number in [0, 1)")
-    require("test_fraction", test_fraction,
-            isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1,
-            "a number in [0, 1) with val_fraction + test_fraction < 1")
     x, y = _array("inputs", inputs), _array("targets", targets)
     require("inputs", f"an array of shape {x.shape}", x.ndim >= 2,
             "one row per example, at least 2 dimensions (reshape a single feature to (n, 1))")
@@ -50,26 +45,23 @@ def from_arrays(inputs: Any, targets: Any, val_fraction: float = 0.2, test_fract
     require("inputs", f"an array of dtype {x.dtype}", np.issubdtype(x.dtype, np.number) and not
             np.iscomplexobj(x), "real numbers")
     require("inputs", "an array with NaN or Inf", bool(np.isfinite(x).all()), "finite numbers")
-    x = torch.as_tensor(x.astype(np.float32))
     if kind == "classification":
         integral = y.ndim == 1 and np.issubdtype(y.dtype, np.number) and bool(np.isfinite(y).all()) \
             and bool((np.round(y) == y).all()) and bool((y >= 0).all())
         require("targets", f"an array of shape {y.shape} and dtype {y.dtype}", integral,
                 "one class index (an integer >= 0) per example for kind=classification; "
                 "kind=regression for real-valued targets")
-        y = torch.as_tensor(y.astype(np.int64))
     else:
         require("targets", f"an array of dtype {y.dtype}", np.issubdtype(y.dtype, np.number)
                 and bool(np.isfinite(y).all()), "finite real numbers")
-        y = torch.as_tensor(y.astype(np.float32))
+    data = random_split(x, y, val_fraction, test_fraction, split_seed,
+                  target_dtype=torch.long if kind == "classification" else torch.float32)
     count = len(x)
-    n_test, n_val = int(round(test_fraction * count)), int(round(val_fraction * count))
-    for name, fraction, size in (("val_fraction", val_fraction, n_val), ("test_fraction", test_fraction, n_test)):
+    for name, fraction, part in (("val_fraction", val_fraction, data.val), ("test_fraction", test_fraction,
+                                                                             data.test)):
         # The runner evaluates every split: an empty one would give NaN metrics and stop the run.
-        require(name, fraction, size > 0, f"at least 1/{count} of the {count} examples, so that the split is "
-                "not empty")
-    require("val_fraction + test_fraction", val_fraction + test_fraction, n_val + n_test < count,
+        require(name, fraction, len(part.inputs) > 0, f"at least 1/{count} of the {count} examples, so that the "
+                "split is not empty")
+    require("val_fraction + test_fraction", val_fraction + test_fraction, len(data.train.inputs) > 0,
             f"small enough to leave a training example out of {count}")
-    order = torch.as_tensor(np.random.default_rng(split_seed).permutation(count))
-    test, val, train = (Split(x[i], y[i]) for i in torch.split(order, [n_test, n_val, count - n_test - n_val]))
-    return SplitData(train, val, test)
+    return data

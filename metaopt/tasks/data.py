@@ -21,7 +21,7 @@ import torch
 
 from metaopt.checks import require
 
-__all__ = ["Split", "SplitData", "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10"]
+__all__ = ["Split", "SplitData", "random_split", "load_digits", "load_mnist", "load_fashion_mnist", "load_cifar10"]
 
 
 class Split(NamedTuple):
@@ -35,11 +35,13 @@ class SplitData(NamedTuple):
     test: Split
 
 
-def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, split_seed: int,
-           target_dtype=torch.long) -> SplitData:
-    require("val_fraction", val_fraction, 0 <= val_fraction < 1, "a number in [0, 1)")
-    require("test_fraction", test_fraction, 0 <= test_fraction < 1 and val_fraction + test_fraction < 1,
-            "a number in [0, 1) with val_fraction + test_fraction < 1")
+def random_split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, split_seed: int,
+                 target_dtype=torch.long) -> SplitData:
+    """``x``, ``y`` split at random (``split_seed``) into test, validation and train parts, as tensors."""
+    require("val_fraction", val_fraction, isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1,
+            "a number in [0, 1)")
+    require("test_fraction", test_fraction, isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1
+            and val_fraction + test_fraction < 1, "a number in [0, 1) with val_fraction + test_fraction < 1")
     order = np.random.default_rng(split_seed).permutation(len(x))
     n_test = int(round(test_fraction * len(x)))
     n_val = int(round(val_fraction * len(x)))
@@ -54,7 +56,7 @@ def load_digits(val_fraction: float = 0.2, test_fraction: float = 0.2, split_see
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
-    return _split(bunch.data.astype(np.float32) / 16.0, bunch.target, val_fraction, test_fraction, split_seed)
+    return random_split(bunch.data.astype(np.float32) / 16.0, bunch.target, val_fraction, test_fraction, split_seed)
 
 
 def _data_root(data_root: str | None, name: str) -> Path:
@@ -131,7 +133,7 @@ def load_mnist(data_root: str | None = None, val_fraction: float = 1 / 6, split_
     # A channel axis (N, 1, 28, 28) so that convolutional models take the images as they are.
     x_train = x_train.astype(np.float32)[:, None] / 255.0
     x_test = x_test.astype(np.float32)[:, None] / 255.0
-    split = _split(x_train, y_train.astype(np.int64), val_fraction, 0.0, split_seed)
+    split = random_split(x_train, y_train.astype(np.int64), val_fraction, 0.0, split_seed)
     return split._replace(test=Split(torch.as_tensor(x_test), torch.as_tensor(y_test.astype(np.int64))))
 
 
@@ -194,5 +196,5 @@ def load_cifar10(data_root: str | None = None, val_fraction: float = 0.1, split_
 
     x_train, y_train = read([f"data_batch_{i}" for i in range(1, 6)])
     x_test, y_test = read(["test_batch"])
-    split = _split(x_train, y_train, val_fraction, 0.0, split_seed)
+    split = random_split(x_train, y_train, val_fraction, 0.0, split_seed)
     return split._replace(test=Split(torch.as_tensor(x_test), torch.as_tensor(y_test)))
