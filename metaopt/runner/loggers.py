@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalLogger", "WandbLogger"]
+__all__ = ["LocalLogger", "WandbLogger", "read_records"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -23,6 +23,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, skipping a line cut short by a kill."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 class LocalLogger:
@@ -37,13 +48,7 @@ class LocalLogger:
         self.history: list[dict[str, Any]] = []
         if resume_step is not None and self.metrics_path.exists():
             # Lines written after the checkpoint we resume from will be written again.
-            for line in self.metrics_path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                if record.get("step", 0) <= resume_step:
-                    self.history.append(record)
+            self.history = [r for r in read_records(self.metrics_path) if r.get("step", 0) <= resume_step]
             self._rewrite()
         elif self.metrics_path.exists():
             self.metrics_path.unlink()

@@ -12,6 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from metaopt.runner.loggers import read_records
+
 __all__ = ["SweepReport", "collect_runs", "format_table", "markdown_table", "record_failure", "sweep_jobs"]
 
 ERROR_FILE = "error.txt"
@@ -53,14 +55,8 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         elif len(error_lines) > 1 and error_lines[1].startswith("overrides: "):
             overrides = json.loads(error_lines[1][len("overrides: "):])
         overrides = [o for o in overrides if not str(o).startswith("+experiment")]
-        history = []
         metrics = folder / "metrics.jsonl"
-        if metrics.exists():
-            for line in metrics.read_text().splitlines():
-                try:
-                    history.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
+        history = read_records(metrics) if metrics.exists() else []
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         error = None
         if error_lines:
@@ -87,14 +83,15 @@ def markdown_table(columns: list[str], rows: list[list[Any]],
 
 def format_table(runs: list[dict[str, Any]], columns: list[str], label: str = "run") -> str:
     """The summaries of ``collect_runs`` as a Markdown table, one row per run; a failed run shows its error."""
+    any_failed = bool(_failed(runs))
     rows = []
     for r in runs:
         if r.get("error"):
             cells = ["FAILED", *[""] * (len(columns) - 1)] if columns else []
             rows.append([r["label"], *cells, r["error"].replace("|", "\\|")])
         else:
-            rows.append([r["label"], *(r["summary"].get(c, "") for c in columns), *([""] if _failed(runs) else [])])
-    return markdown_table([label, *columns, *(["error"] if _failed(runs) else [])], rows)
+            rows.append([r["label"], *(r["summary"].get(c, "") for c in columns), *([""] if any_failed else [])])
+    return markdown_table([label, *columns, *(["error"] if any_failed else [])], rows)
 
 
 def _failed(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
