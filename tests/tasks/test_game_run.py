@@ -94,3 +94,19 @@ def test_a_game_without_a_meta_loss_is_refused_clearly():
     run = GameRun(NoMetaLoss(dim=2), functools.partial(ComplexMomentum, lr=0.1), horizon=5)
     with pytest.raises(NotImplementedError, match="defines no meta_loss"):
         run.evaluate(run.initial_theta())
+
+
+def test_a_stochastic_game_run_draws_once_per_round_as_game_step_does():
+    """Both players' gradients come from one draw of the GAN's data per round (the stateful loop's
+    ``game_step``), so a one-particle run follows GameLoop on the same generator."""
+    game = GANMixture(hidden_sizes=(8,), batch_size=16)
+    run = GameRun(game, functools.partial(torch.optim.SGD, lr=0.05), tuned=["lr"], horizon=50)
+    state, _, _ = run.unroll(run.init_state(1), run.initial_theta()[None], 5, torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    loop = GameLoop(game, functools.partial(torch.optim.SGD, **run.describe(run.initial_theta())), steps=5,
+                    generator=torch.Generator().manual_seed(3))
+    for _ in range(5):
+        loop.step()
+    expected = [p.detach() for player in loop.players.values() for p in player.parameters()]
+    for ours, theirs in zip(state["params"], expected):
+        torch.testing.assert_close(ours[0], theirs, rtol=1e-5, atol=1e-6)

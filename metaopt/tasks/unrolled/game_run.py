@@ -4,12 +4,11 @@ hyperparameters (learning rate, momentum, the angle of complex momentum, …).""
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.func import grad, vmap
+from torch.func import vjp, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -84,20 +83,30 @@ class GameRun(TunedRun):
                 stack.enter_context(_reparametrize_module(player, dict(zip(self._names[name], values))))
             yield self.players
 
-    def _objective(self, params, name: str, own, generator):
-        params = list(params)
-        params[self._slices[name]] = own
-        with self._playing(params) as players:
-            return self.game.objectives(players, generator)[name]
+    def _gradients(self, params: tuple, movers: list[str], generator) -> dict[str, tuple]:
+        """Every mover's gradient of its own objective at ``params``, as ``game_step`` takes them: one
+        evaluation of the objectives (one draw of a stochastic game's data), one backward pass per mover."""
+        def objectives(*own):
+            full = list(params)
+            for name, values in zip(movers, own):
+                full[self._slices[name]] = values
+            with self._playing(full) as players:
+                values = self.game.objectives(players, generator)
+            return tuple(values[name] for name in movers)
+
+        outputs, pullback = vjp(objectives, *(tuple(params[self._slices[name]]) for name in movers))
+        grads = {}
+        for i, name in enumerate(movers):
+            cotangents = tuple(torch.ones_like(o) if j == i else torch.zeros_like(o) for j, o in enumerate(outputs))
+            grads[name] = pullback(cotangents)[i]
+        return grads
 
     def _step_one(self, params, opt_leaves, hyper, generator):
         states = list(tree_unflatten(list(opt_leaves), self._opt_spec))
         params = tuple(params)
         rounds = [self.player_names] if self.updates == "simultaneous" else [[n] for n in self.player_names]
         for movers in rounds:
-            grads = {name: grad(functools.partial(self._objective, params, name))(params[self._slices[name]],
-                                                                                  generator)
-                     for name in movers}
+            grads = self._gradients(params, movers, generator)
             params = list(params)
             for name in movers:
                 where = self._slices[name]
