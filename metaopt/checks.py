@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -9,3 +10,10 @@ def require(name: str, value: Any, valid: bool, allowed: str) -> None:
     """Raise ``ValueError("invalid <name>: <value> (allowed: <allowed>)")`` unless ``valid``."""
     if not valid:
         raise ValueError(f"invalid {name}: {value!r} (allowed: {allowed})")
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite real number: an int or float (not a bool), or a one-element tensor (a tensor lr)."""
+    if hasattr(value, "numel") and hasattr(value, "isfinite"):  # a tensor, without importing torch
+        return value.numel() == 1 and not value.is_complex() and bool(value.isfinite().all())
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

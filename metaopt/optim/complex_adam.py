@@ -5,7 +5,7 @@ Games", Section 4.3): Adam whose first-moment decay is complex, as a drop-in ``t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from metaopt.optim._compiled import FusedStep, write_back
 from metaopt.optim.complex_momentum import _check_flags
 from metaopt.optim.functional.complex_adam import bias_correction
 from metaopt.optim.functional.complex_momentum import polar
-from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter, hyper_value
+from metaopt.optim.optimizer import Optimizer, hyper_value
 
 __all__ = ["ComplexAdam"]
 
@@ -70,17 +70,6 @@ class ComplexAdam(Optimizer):
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
-        betas, angle, eps = group["betas"], group["angle"], group["eps"]
-        check_hyperparameter("betas", betas, isinstance(betas, Sequence) and len(betas) == 2,
-                             "a pair (beta1, beta2)")
-        for name, beta in zip(("betas[0]", "betas[1]"), betas):
-            check_hyperparameter(name, beta, _is_real(beta) and 0.0 <= float(beta) < 1.0,
-                                 "a number in [0, 1)")
-        check_hyperparameter("angle", angle, _is_real(angle), "a finite number (radians)")
-        check_hyperparameter("eps", eps, _is_real(eps) and float(eps) > 0.0, "a finite number > 0")
-        for flag in ("amsgrad", "decoupled_weight_decay"):
-            check_hyperparameter(flag, group.get(flag, False), isinstance(group.get(flag, False), bool),
-                                 "True or False")
         _check_flags(group)
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:

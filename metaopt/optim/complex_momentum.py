@@ -12,14 +12,13 @@ import torch
 
 from metaopt.optim._compiled import FusedStep, write_back
 from metaopt.optim.functional.complex_momentum import polar
-from metaopt.optim.optimizer import Optimizer, _is_real, check_hyperparameter, hyper_value
+from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
 
 __all__ = ["ComplexMomentum"]
 
 
 def _check_flags(group: dict[str, Any]) -> None:
-    maximize, fused, foreach = group["maximize"], group["fused"], group["foreach"]
-    check_hyperparameter("maximize", maximize, isinstance(maximize, bool), "True or False")
+    fused, foreach = group["fused"], group["foreach"]
     check_hyperparameter("fused", fused, isinstance(fused, bool), "True or False")
     check_hyperparameter("fused", fused, not (fused and foreach), "False when foreach=True")
 
@@ -97,14 +96,7 @@ class ComplexMomentum(Optimizer):
 
     def _validate(self, group: dict[str, Any]) -> None:
         super()._validate(group)
-        momentum, angle = group["momentum"], group["angle"]
-        dampening, nesterov = group.get("dampening", 0.0), group.get("nesterov", False)
-        check_hyperparameter("momentum", momentum, _is_real(momentum) and 0.0 <= float(momentum) < 1.0,
-                             "a number in [0, 1)")
-        check_hyperparameter("angle", angle, _is_real(angle), "a finite number (radians)")
-        check_hyperparameter("dampening", dampening, _is_real(dampening) and 0.0 <= float(dampening) <= 1.0,
-                             "a number in [0, 1]")
-        check_hyperparameter("nesterov", nesterov, isinstance(nesterov, bool), "True or False")
+        momentum, dampening, nesterov = group["momentum"], group.get("dampening", 0.0), group.get("nesterov", False)
         check_hyperparameter("nesterov", nesterov, not nesterov or (float(momentum) > 0 and float(dampening) == 0),
                              "False unless momentum > 0 and dampening = 0 (as in torch.optim.SGD)")
         _check_flags(group)

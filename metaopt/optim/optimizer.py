@@ -7,21 +7,15 @@ that dispatches between a per-tensor loop and a multi-tensor (``torch._foreach_*
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
+from metaopt.checks import is_finite_number
 from metaopt.checks import require as check_hyperparameter
 
 __all__ = ["Optimizer", "check_hyperparameter"]
-
-
-def _is_real(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and bool(torch.isfinite(value).all())
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -71,11 +65,18 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- hooks for subclasses ------------------------------------------------------------------
     def _validate(self, group: dict[str, Any]) -> None:
-        lr = group.get("lr")
-        if lr is not None:
-            check_hyperparameter("lr", lr, _is_real(lr) and float(lr) >= 0.0, "a finite number >= 0")
-        wd = group.get("weight_decay", 0.0)
-        check_hyperparameter("weight_decay", wd, _is_real(wd) and float(wd) >= 0.0, "a finite number >= 0")
+        from metaopt.optim.specs import spec_for  # the specs name the subclasses: imported when one is built
+
+        spec = spec_for(type(self))
+        if spec is not None:  # the domains declared once, in metaopt.optim.specs
+            spec.check_group(group)
+        else:
+            lr = group.get("lr")
+            if lr is not None:
+                check_hyperparameter("lr", lr, is_finite_number(lr) and float(lr) >= 0.0, "a finite number >= 0")
+            wd = group.get("weight_decay", 0.0)
+            check_hyperparameter("weight_decay", wd, is_finite_number(wd) and float(wd) >= 0.0,
+                                 "a finite number >= 0")
         foreach = group.get("foreach")
         check_hyperparameter("foreach", foreach, foreach in (None, True, False), "None, True or False")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from metaopt.checks import is_finite_number
 from metaopt.optim.functional import FUNCTIONAL, FunctionalOptimizer
 
 __all__ = ["Hyperparameter", "OptimizerSpec", "SPECS", "register", "spec_for", "IMPLEMENTATION_FLAGS"]
@@ -29,12 +30,6 @@ __all__ = ["Hyperparameter", "OptimizerSpec", "SPECS", "register", "spec_for", "
 # Keyword arguments of the stateful optimizers that choose an implementation, not the arithmetic.
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _TRANSFORMS = ("log", "logit", "identity")
-
-
-def _number(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and bool(torch.isfinite(value).all())
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ class Hyperparameter:
         return f"a number in {left}{self.low:g}, {self.high:g}{right}"
 
     def contains(self, value: Any) -> bool:
-        if not _number(value):
+        if not is_finite_number(value):
             return False
         value = float(value)
         above = value > self.low if self.open_low else value >= self.low
@@ -178,6 +173,22 @@ class OptimizerSpec:
                     raise ValueError(f"invalid {name}: {value!r} (allowed: true or false)")
             elif key in self.hyperparameters:
                 self.hyperparameters[key].check(name, value)
+
+    def check_group(self, group: Mapping[str, Any]) -> None:
+        """The class's own argument check (``Optimizer._validate``): every hyperparameter of a param group in
+        its domain, named as the class names it (``momentum``, ``betas[0]``), flags ``True`` or ``False``."""
+        for key, value in group.items():
+            if key in self.pairs:
+                names = self.pairs[key]
+                if not (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == len(names)):
+                    shape = "a pair" if len(names) == 2 else f"{len(names)} numbers"
+                    raise ValueError(f"invalid {key}: {value!r} (allowed: {shape} ({', '.join(names)}))")
+                for i, (name, component) in enumerate(zip(names, value)):
+                    self.hyperparameters[name].check(f"{key}[{i}]", component)
+            elif key in self.hyperparameters:
+                self.hyperparameters[key].check(key, value)
+            elif key in self.flags and not isinstance(value, bool):
+                raise ValueError(f"invalid {key}: {value!r} (allowed: True or False)")
 
     def init(self, params, hyperparameters: Mapping[str, Any] | None = None):
         """The core's initial state for ``params`` (with the ``init_args`` among ``hyperparameters``)."""

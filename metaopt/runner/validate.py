@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from hydra._internal.utils import _locate
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from metaopt.checks import require
+from metaopt.checks import is_finite_number, require
 
 __all__ = ["validate_config", "validate_optimizer_config", "check_config_pairing"]
 
 _NONNEGATIVE = ("lr", "weight_decay", "momentum", "dampening", "meta_lr")
 _UNIT_INTERVAL = ("momentum", "dampening")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer") -> None:
@@ -37,14 +32,14 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
         if isinstance(value, (DictConfig, dict)):
             validate_optimizer_config(value, name)
         elif key in _NONNEGATIVE:
-            require(name, value, _number(value) and value >= 0, "a finite number >= 0")
+            require(name, value, is_finite_number(value) and value >= 0, "a finite number >= 0")
             if key in _UNIT_INTERVAL:
                 require(name, value, value < 1, "a number in [0, 1)")
         elif key == "eps":
-            require(name, value, _number(value) and value > 0, "a finite number > 0")
+            require(name, value, is_finite_number(value) and value > 0, "a finite number > 0")
         elif key == "betas":
             pair = isinstance(value, Sequence) and not isinstance(value, str)
-            ok = pair and len(value) == 2 and all(_number(b) and 0 <= b < 1 for b in value)
+            ok = pair and len(value) == 2 and all(is_finite_number(b) and 0 <= b < 1 for b in value)
             require(name, list(value) if pair else value, ok, "two numbers in [0, 1)")
 
 
@@ -72,7 +67,7 @@ def _target_class(node: Any) -> type | None:
     if not isinstance(target, str):
         return None
     try:
-        located = _locate(target)
+        located = get_object(target)
     except Exception:  # an unknown target: instantiate reports it with Hydra's own message
         return None
     return located if isinstance(located, type) else None

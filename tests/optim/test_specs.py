@@ -130,3 +130,16 @@ def test_every_spec_declares_tunable_natural_knobs_and_complex_angles_are_period
         angle = spec_for(cls).hyperparameters["angle"]
         assert angle.transform == "identity" and angle.contains(-7.0) and angle.contains(7.0)
         assert "angle" in spec_for(cls).natural
+
+
+@pytest.mark.parametrize("cls,kwargs,message", [
+    (ComplexMomentum, dict(momentum=1.0), r"invalid momentum: 1.0 \(allowed: a number in \[0, 1\)\)"),
+    (ComplexMomentum, dict(lr=float("inf")), r"invalid lr: inf \(allowed: a finite number >= 0\)"),
+    (ComplexMomentum, dict(maximize=1), r"invalid maximize: 1 \(allowed: True or False\)"),
+    (ComplexAdam, dict(amsgrad="yes"), r"invalid amsgrad: 'yes' \(allowed: True or False\)"),
+    (ComplexAdam, dict(betas=(0.9, 1.0)), r"invalid betas\[1\]: 1.0 \(allowed: a number in \[0, 1\)\)"),
+    (ComplexAdam, dict(eps=0.0), r"invalid eps: 0.0 \(allowed: a finite number > 0\)"),
+])
+def test_metaopts_classes_check_their_arguments_against_their_spec(cls, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cls([torch.zeros(2, requires_grad=True)], **kwargs)
