@@ -66,11 +66,9 @@ class GameRun(TunedRun):
                            for _ in range(self._slices[name].stop - self._slices[name].start)]
         self.tuning = TunedHyperparameters(spec, optimizer_kwargs, tuned, schedule, per_layer, self.player_names,
                                            layer_of_tensor, horizon, fixed, dtype=self.initial_params[0].dtype)
-        self.fixed = self.tuning.fixed
         initial_opt = tuple(spec.init(self.initial_params[self._slices[n]], self.fixed) for n in self.player_names)
         leaves, self._opt_spec = tree_flatten(initial_opt)
         self.initial_opt = tuple(leaves)
-        self.dim = self.tuning.dim
         self._step = vmap(self._step_one, in_dims=(0, 0, 0, None), randomness="same")
 
     # -- dynamics --------------------------------------------------------------------------------

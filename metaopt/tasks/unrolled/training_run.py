@@ -71,10 +71,8 @@ class TrainingRun(TunedRun):
         self.tuning = TunedHyperparameters(spec, optimizer_kwargs, tuned, schedule, per_layer, layers,
                                            [layers.index(n.rsplit(".", 1)[0]) for n in self.param_names],
                                            horizon, fixed)
-        self.fixed = self.tuning.fixed
         initial_opt, self._opt_spec = tree_flatten(spec.init(self.initial_params, self.fixed))
         self.initial_opt = tuple(initial_opt)
-        self.dim = self.tuning.dim
         self._forward = vmap(self._forward_one)
         self._losses = vmap(self._loss_one)
         self._gradients = vmap(grad_and_value(self._loss_one))

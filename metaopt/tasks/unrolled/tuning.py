@@ -174,6 +174,15 @@ class TunedRun(UnrolledProblem):
     initial_opt: tuple[torch.Tensor, ...]
     """The inner optimizer's state at ``s_0``, flattened into tensors."""
 
+    @property
+    def dim(self) -> int:
+        return self.tuning.dim
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The optimizer's arguments that are not tuned."""
+        return self.tuning.fixed
+
     def init_state(self, num_particles: int, steps: torch.Tensor | None = None) -> ParticleState:
         if steps is None:
             steps = torch.zeros(num_particles, dtype=torch.long, device=self.device)
