@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from metaopt.optim.apo.step import training_step
 from metaopt.outer.plain import TrainingLoop
 
 __all__ = ["APOLoop"]
@@ -18,19 +21,12 @@ class APOLoop(TrainingLoop):
     """
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         return None
 
     def step(self) -> dict[str, float]:
-        inputs, targets = self.task.sample_batch(self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.task.loss(self.model(inputs), targets)
-        loss.backward()
-        meta_step = getattr(self.optimizer, "meta_step", None)
-        if meta_step is not None and self.optimizer.meta_due:
-            fresh_inputs, _ = self.task.sample_batch(self.generator)
-            meta_step(self.model, (inputs, targets), fresh_inputs, self.task.loss)
-        self.optimizer.step()
+        loss = training_step(self.model, self.optimizer, self.task.loss, self.task.sample_batch(self.generator),
+                             lambda: self.task.sample_batch(self.generator)[0])
         if self.scheduler is not None:
             self.scheduler.step()
         metrics = {"train_batch_loss": loss.item()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ import torch
 
 from metaopt._tree import tree_norm
 from metaopt.bilevel.hypergradient import Hypergradient
-from metaopt.bilevel.implicit import ImplicitCG
+from metaopt.bilevel.implicit import ImplicitCG, ImplicitHypergradient
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning
 from metaopt.checks import require
 from metaopt.optim.specs import SPECS, spec_for
+from metaopt.outer.pairing import target_class
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["BilevelLoop", "MODES"]
@@ -42,23 +43,29 @@ class BilevelLoop:
     """``steps`` hypergradient steps on the outer parameters of ``task`` (a ``BilevelProblem``).
 
     ``optimizer`` is the runner's ``cfg.optimizer`` factory: it names the *inner* optimizer, mapped to
-    its functional core (``InnerOptimizer.from_config``; ``inner_optimizer`` names a
-    ``FUNCTIONAL`` entry directly). ``outer_optimizer`` is a factory of a ``torch.optim`` optimizer
-    over the outer parameters; ``hypergradient`` one of ``Unroll``, ``TruncatedUnroll``,
-    ``ImplicitCG``, ``ImplicitNeumann``, ``ImplicitIdentity``. ``retrain_steps`` (default: the inner
-    steps of one cold-start solve, or all inner steps of a warm-start run) is the length of the
-    from-scratch re-training of the final evaluation.
+    its functional core (``InnerOptimizer.from_config``; ``inner_optimizer`` names a spec directly).
+    With an implicit hypergradient, which never differentiates through the inner steps, an optimizer
+    without a functional core (APO, a user's own ``torch.optim.Optimizer``) trains the inner problem
+    as it is (``StatefulInnerOptimizer``); unrolled hypergradients need a functional core.
+    ``outer_optimizer`` is a factory of a ``torch.optim`` optimizer over the outer parameters;
+    ``hypergradient`` one of ``Unroll``, ``TruncatedUnroll``, ``ImplicitCG``, ``ImplicitNeumann``,
+    ``ImplicitIdentity``. ``retrain_steps`` (default: the inner steps of one cold-start solve, or all
+    inner steps of a warm-start run) is the length of the from-scratch re-training of the final
+    evaluation.
     """
 
     accepts = ("bilevel",)
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
-        if spec_for(optimizer) is not None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Mapping[str, Any] | None = None) -> str | None:
+        hypergradient = target_class((outer or {}).get("hypergradient"))
+        if spec_for(optimizer) is not None or (hypergradient is not None
+                                               and issubclass(hypergradient, ImplicitHypergradient)):
             return None
         known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
-        return (f"{optimizer.__name__} has no functional core, which the bilevel inner steps run on (to "
-                f"differentiate through them, and to take them without a graph): use one of {known}")
+        return (f"{optimizer.__name__} has no functional core, which an unrolled hypergradient differentiates "
+                f"through: use an implicit one (outer/hypergradient=ift_cg, ift_neumann or ift_identity), "
+                f"which trains the inner problem with any torch.optim.Optimizer, or one of {known}")
 
     def __init__(self, task: BilevelProblem, optimizer: Callable | None = None,
                  generator: torch.Generator | None = None, mode: str = "cold_start",
@@ -82,7 +89,9 @@ class BilevelLoop:
         self.problem = task
         self.mode = mode
         self.hypergradient = hypergradient if hypergradient is not None else ImplicitCG()
-        self.inner_optimizer = InnerOptimizer.from_config(optimizer, inner_optimizer)
+        self.inner_optimizer = InnerOptimizer.from_config(
+            optimizer, inner_optimizer, stateful=isinstance(self.hypergradient, ImplicitHypergradient))
+        self.inner_optimizer.check(task)
         self.num_steps = steps
         self.eval_every = eval_every
         self.inner_steps = inner_steps
@@ -142,9 +151,9 @@ class BilevelLoop:
                 "hypergradient": repr(self.hypergradient), "inner_optimizer": repr(self.inner_optimizer)}
 
     def state_dict(self) -> dict[str, Any]:
-        leaves, _ = torch.utils._pytree.tree_flatten(self.state)
         return {"outer_params": [p.detach().clone() for p in self.outer_params],
-                "outer_optimizer": self.outer_optimizer.state_dict(), "inner_state": list(leaves),
+                "outer_optimizer": self.outer_optimizer.state_dict(),
+                "inner_state": self.inner_optimizer.state_dict(self.state),
                 "generator": self.generator.get_state(), "unconverged_steps": self.unconverged_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,8 +161,7 @@ class BilevelLoop:
             for param, saved in zip(self.outer_params, state["outer_params"]):
                 param.copy_(saved)
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
-        _, spec = torch.utils._pytree.tree_flatten(self.state)
-        self.state = torch.utils._pytree.tree_unflatten(list(state["inner_state"]), spec)
+        self.state = self.inner_optimizer.load_state_dict(self.state, state["inner_state"])
         self.generator.set_state(state["generator"])
         self.unconverged_steps = state["unconverged_steps"]
 

@@ -25,7 +25,7 @@ class GameLoop:
     accepts = ("game",)
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         if getattr(optimizer, "meta_step", None) is not None:
             return (f"outer=game with {optimizer.__name__}: its meta-step needs a supervised model and batches, "
                     "which a game has none of (play a game with complex_momentum, complex_adam, sgd, adam, …)")

@@ -1,21 +1,23 @@
 """Which tasks and optimizers each outer loop accepts, checked from the config before anything is built.
 
 Each loop class declares ``accepts`` (the kinds of task it drives) and ``optimizer_refusal(optimizer,
-kind)`` (why it cannot use an optimizer class, or ``None``); ``check_pairing`` turns a refusal into an
-error that names the pairing, the reason and what to use instead.
+kind, outer)`` (why it cannot use an optimizer class with the outer config ``outer``, or ``None``);
+``check_pairing`` turns a refusal into an error that names the pairing, the reason and what to use instead.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+import pkgutil
+from collections.abc import Mapping
+from typing import Any
 
 from metaopt.tasks.bilevel.problem import BilevelProblem
 from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.unrolled.problem import UnrolledProblem
 
-__all__ = ["PairingError", "check_pairing", "task_kind", "LOOPS_FOR"]
+__all__ = ["PairingError", "check_pairing", "task_kind", "target_class", "LOOPS_FOR"]
 
 KINDS = {"supervised": SupervisedTask, "game": Game, "bilevel": BilevelProblem, "unrolled": UnrolledProblem}
 ES_LOOPS = "an ES/TBPTT loop (outer=pes, es_single, truncated_es, full_es, tbptt)"
@@ -38,10 +40,23 @@ def task_kind(task_type: type | None) -> str | None:
     return next((kind for kind, base in KINDS.items() if issubclass(task_type, base)), None)
 
 
+def target_class(node: Any) -> type | None:
+    """The class a config node's ``_target_`` names; ``None`` for no node, a function or an unknown name."""
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not isinstance(target, str):
+        return None
+    try:
+        located = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return located if isinstance(located, type) else None
+
+
 def check_pairing(loop_type: type, task_type: type | None, optimizer_type: type | None,
-                  outer_keys: Iterable[str] = (), names: str = "") -> None:
-    """Raise ``PairingError`` when ``loop_type`` cannot drive a ``task_type`` task with ``optimizer_type``,
-    or when the outer config holds keys the loop does not take (e.g. a hypergradient on an ES loop)."""
+                  outer: Mapping[str, Any] | None = None, names: str = "") -> None:
+    """Raise ``PairingError`` when ``loop_type`` cannot drive a ``task_type`` task with ``optimizer_type``
+    under the outer config ``outer``, or when that config holds keys the loop does not take (e.g. a
+    hypergradient on an ES loop)."""
     where = f"invalid pairing {names}: " if names else "invalid pairing: "
     loop = loop_type.__name__
     kind = task_kind(task_type)
@@ -50,13 +65,13 @@ def check_pairing(loop_type: type, task_type: type | None, optimizer_type: type 
         raise PairingError(f"{where}{loop} drives {drives}, and {task_type.__name__} is a {kind} task "
                            f"(use {LOOPS_FOR[kind]})")
     if optimizer_type is not None:
-        refusal = loop_type.optimizer_refusal(optimizer_type, kind)
+        refusal = loop_type.optimizer_refusal(optimizer_type, kind, outer)
         if refusal is not None:
             raise PairingError(f"{where}{refusal}")
     parameters = inspect.signature(loop_type.__init__).parameters
     built_by_runner = {"task", "optimizer", "generator", "self"}
     allowed = sorted(set(parameters) - built_by_runner)
-    unknown = sorted(k for k in outer_keys if not k.startswith("_") and k not in parameters)
+    unknown = sorted(k for k in (outer or {}) if not k.startswith("_") and k not in parameters)
     if unknown:
         raise PairingError(f"{where}outer.{unknown[0]} is not an argument of {loop} (a config group of another "
                            f"outer loop? {loop} takes: {', '.join(allowed)})")

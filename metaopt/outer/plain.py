@@ -24,7 +24,7 @@ class TrainingLoop:
     accepts = ("supervised",)
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         if getattr(optimizer, "meta_step", None) is not None:
             return (f"outer=none never calls {optimizer.__name__}'s meta_step, so it would train as its base "
                     "optimizer (use outer=apo, which optimizer=apo_* selects unless outer= is given)")

@@ -14,15 +14,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
 from metaopt.optim.specs import SPECS, spec_for
+from metaopt.outer.pairing import target_class
 from metaopt.tasks.data import Split, SplitData
 from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask
+from metaopt.tasks.unrolled.apo_run import APOTrainingRun
 from metaopt.tasks.unrolled.game_run import GameRun
 from metaopt.tasks.unrolled.problem import UnrolledProblem
 from metaopt.tasks.unrolled.training_run import TrainingRun
 from metaopt.tasks.unrolled.tuning import TunedRun
 
 __all__ = ["UnrolledLoop"]
+
+
+def _is_apo(optimizer: Any) -> bool:
+    """An optimizer class that meta-learns from the model it trains (APO): ``APOTrainingRun`` runs it."""
+    return isinstance(optimizer, type) and getattr(optimizer, "meta_step", None) is not None
 
 
 def _plain(value: Any) -> Any:
@@ -49,7 +56,8 @@ class UnrolledLoop:
     """Outer loop: ``θ ← outer_optimizer(θ, ĝ)`` with ``ĝ`` from ``estimator`` (one truncation per step).
 
     ``task`` is an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``), a ``SupervisedTask``
-    (wrapped in a ``TrainingRun``: a whole training run) or a ``Game`` (wrapped in a ``GameRun``: a whole
+    (wrapped in a ``TrainingRun``: a whole training run; with APO, an ``APOTrainingRun``, whose θ are
+    APO's own hyperparameters) or a ``Game`` (wrapped in a ``GameRun``: a whole
     game run). The wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
     functional core (its spec, ``metaopt.optim.specs``): θ are its hyperparameters, by default its
     natural knobs from the values the factory carries; ``problem`` holds the wrapper's arguments
@@ -66,16 +74,23 @@ class UnrolledLoop:
     accepts = ("supervised", "game", "unrolled")
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         if kind == "unrolled" or spec_for(optimizer) is not None:
+            return None
+        estimator = target_class((outer or {}).get("estimator"))
+        if _is_apo(optimizer) and kind in ("supervised", None):
+            if estimator is not None and getattr(estimator, "differentiates", False):
+                return (f"{estimator.__name__} differentiates through the inner steps, and a training run with "
+                        f"{optimizer.__name__} is not differentiable in its hyperparameters: use an ES loop "
+                        "(outer=pes, es_single, truncated_es, full_es) to tune them")
             return None
         known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
         why = (f"{optimizer.__name__} has no functional core: an ES/TBPTT loop runs every particle's whole "
                f"{'game' if kind == 'game' else 'training run'} through one (with a spec: {known}; "
                "declare yours with metaopt.optim.specs.register)")
-        if getattr(optimizer, "meta_step", None) is not None:
-            why += (f"; {optimizer.__name__} tunes its own step size online: train with outer=apo, or tune its "
-                    "base optimizer here (e.g. optimizer=sgd_momentum)")
+        if _is_apo(optimizer):
+            why += (f"; {optimizer.__name__} needs a supervised model: train with outer=apo, or tune its base "
+                    "optimizer here (e.g. optimizer=sgd_momentum)")
         return why
 
     def __init__(self, task: SupervisedTask | UnrolledProblem, estimator: Callable, outer_optimizer: Callable,
@@ -99,7 +114,13 @@ class UnrolledLoop:
             require("task", type(task).__name__, isinstance(task, SupervisedTask),
                     "a SupervisedTask, a Game or an UnrolledProblem")
             _rank_device(task)
-            self.problem = TrainingRun(task, optimizer, **problem_args)
+            run = APOTrainingRun if _is_apo(getattr(optimizer, "func", optimizer)) else TrainingRun
+            self.problem = run(task, optimizer, **problem_args)
+        estimator_type = getattr(estimator, "func", estimator)
+        require("outer.estimator", getattr(estimator_type, "__name__", repr(estimator_type)),
+                getattr(self.problem, "differentiable", True) or not getattr(estimator_type, "differentiates", False),
+                f"an ES estimator (pes, es_single, truncated_es, full_es): {type(self.problem).__name__} is not "
+                "differentiable in θ")
         self.grid = {k: list(v) for k, v in (_plain(grid) or {}).items()}
         require("outer.grid", self.grid, not self.grid or isinstance(self.problem, TunedRun),
                 "null unless the task is a SupervisedTask or a Game (whose optimizer is tuned)")

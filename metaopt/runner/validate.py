@@ -94,4 +94,4 @@ def check_config_pairing(cfg: DictConfig, task: Any = None) -> None:
     task_type = type(task) if task is not None else _target_class(cfg.task)
     if task is not None and _target_class(cfg.task) is type(task):
         return  # checked before it was built
-    check_pairing(loop_type, task_type, _target_class(cfg.optimizer), cfg.outer.keys(), _choices())
+    check_pairing(loop_type, task_type, _target_class(cfg.optimizer), cfg.outer, _choices())

@@ -46,6 +46,8 @@ class GradientEstimator:
     """
 
     uses_noise = True
+    differentiates = False
+    """Whether it backpropagates through the inner steps (TBPTT), which a problem must then allow."""
 
     def __init__(self, problem: UnrolledProblem, num_particles: int, sigma: float = 0.01,
                  truncation_length: int = 10, antithetic: bool = True, seed: int = 0):

@@ -22,6 +22,7 @@ class TBPTT(GradientEstimator):
     """
 
     uses_noise = False
+    differentiates = True
 
     def __init__(self, problem: UnrolledProblem, num_particles: int = 1, sigma: float | None = None,
                  truncation_length: int = 10, antithetic: bool = False, seed: int = 0, stagger: bool = True):

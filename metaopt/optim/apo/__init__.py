@@ -7,11 +7,12 @@ proximal-point objective at the lookahead ``θ'(φ)`` (the paper's meta-objectiv
     Q(φ) = J_B(θ') + λ_FSD·D(f(·, θ'), f(·, θ); B') + (λ_WSD/2)·‖θ' − θ‖²
 
 One file per piece: :mod:`.objective` (Q and the lookahead forward), :mod:`.divergence` (D),
-:mod:`.probe` (the base optimizer's direction), :mod:`.lr` (APO-LR), :mod:`.precond` (APO-Precond)
-and :mod:`.optimizer` (the ``torch.optim.Optimizer`` that runs them).
+:mod:`.probe` (the base optimizer's direction), :mod:`.lr` (APO-LR), :mod:`.precond` (APO-Precond),
+:mod:`.optimizer` (the ``torch.optim.Optimizer`` that runs them) and :mod:`.step` (a training step with it).
 """
 
 from metaopt.optim.apo.divergence import divergence_for
 from metaopt.optim.apo.optimizer import APO
+from metaopt.optim.apo.step import training_step
 
-__all__ = ["APO", "divergence_for"]
+__all__ = ["APO", "divergence_for", "training_step"]

@@ -32,9 +32,14 @@ class BilevelProblem:
     inner objective), consumed by ``inner_loss(params, outer_params, batch)``. ``hessian_bound`` is an
     upper bound on the largest eigenvalue of ``∂²_ww f`` when one is known (``None`` otherwise); the
     Neumann hypergradient checks its step size against it.
+
+    ``has_outputs``: the problem also defines ``inner_outputs(params, inputs)`` (the model's outputs) and
+    ``sample_inputs(generator)`` (a minibatch of inputs), which APO's function-space term reads when APO
+    trains the inner problem.
     """
 
     hessian_bound: float | None = None
+    has_outputs: bool = False
 
     def init_inner(self) -> Tensors:
         raise NotImplementedError
@@ -51,6 +56,12 @@ class BilevelProblem:
     def outer_loss(self, params: Tensors, outer_params: Tensors) -> torch.Tensor:
         raise NotImplementedError
 
+    def inner_outputs(self, params: Tensors, inputs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} defines no model outputs (has_outputs is False)")
+
+    def sample_inputs(self, generator: torch.Generator | None) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} defines no model outputs (has_outputs is False)")
+
     @torch.no_grad()
     def evaluate(self, params: Tensors, outer_params: Tensors) -> dict[str, float]:
         """Metrics of inner parameters ``params`` (at least ``outer_loss``)."""
@@ -66,6 +77,8 @@ class SupervisedBilevelProblem(BilevelProblem):
     w₀ is the model that ``task.build_model()`` returns when the problem is built (torch's global RNG,
     seeded by the runner).
     """
+
+    has_outputs = True
 
     def __init__(self, task: SupervisedTask, outer_split: str = "val", inner_batch_size: int | None = None,
                  dtype: str | torch.dtype | None = None):
@@ -90,6 +103,14 @@ class SupervisedBilevelProblem(BilevelProblem):
     def forward(self, params: Tensors, inputs: torch.Tensor) -> torch.Tensor:
         """The task's model with weights ``params``."""
         return functional_call(self.model, dict(zip(self._names, params)), (inputs.to(self.dtype),))
+
+    def inner_outputs(self, params: Tensors, inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward(params, inputs)
+
+    def sample_inputs(self, generator: torch.Generator | None) -> torch.Tensor:
+        """A training minibatch's inputs (``inner_batch_size`` examples, else the task's batch size)."""
+        inputs, _ = self.task.sample_batch(generator, self.inner_batch_size or self.task.batch_size)
+        return inputs.to(self.dtype)
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = getattr(self.task.data, name)

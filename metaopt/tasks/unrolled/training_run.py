@@ -17,7 +17,26 @@ from metaopt.optim._compiled import CompiledStep
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
-__all__ = ["TrainingRun"]
+__all__ = ["TrainingRun", "stream_batches"]
+
+
+def stream_batches(task: SupervisedTask, split: str, batch_size: int, generator: torch.Generator | None,
+                   streams: torch.Tensor, num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minibatches (N, B, …) of ``split``, drawn with replacement: one per data stream, each particle
+    reading its stream's (``streams`` (N,)), so that antithetic partners see the same data.
+
+    Each stream's examples are gathered once with ``index_select`` on the flattened indices, several
+    times faster on CPU than advanced indexing with an (N, B) index; the particles then copy whole
+    minibatches."""
+    inputs, targets = getattr(task.data, split)
+    index = torch.randint(len(inputs), (num_streams, batch_size), generator=generator)
+    index = index.to(task.device).flatten()
+
+    def per_particle(data):
+        per_stream = data.index_select(0, index).view(num_streams, batch_size, *data.shape[1:])
+        return per_stream.index_select(0, streams)
+
+    return per_particle(inputs), per_particle(targets)
 
 
 class TrainingRun(TunedRun):
@@ -128,20 +147,7 @@ class TrainingRun(TunedRun):
 
     def _batches(self, split: str, generator: torch.Generator | None, streams: torch.Tensor,
                  num_streams: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Minibatches (N, B, …) of ``split``: one per data stream, each particle reading its stream's.
-
-        Each stream's examples are gathered once (antithetic partners share them) with ``index_select``
-        on the flattened indices, several times faster on CPU than advanced indexing with an (N, B)
-        index; the particles then copy whole minibatches."""
-        inputs, targets = getattr(self.task.data, split)
-        index = torch.randint(len(inputs), (num_streams, self.batch_size), generator=generator)
-        index = index.to(self.device).flatten()
-
-        def per_particle(data):
-            per_stream = data.index_select(0, index).view(num_streams, self.batch_size, *data.shape[1:])
-            return per_stream.index_select(0, streams)
-
-        return per_particle(inputs), per_particle(targets)
+        return stream_batches(self.task, split, self.batch_size, generator, streams, num_streams)
 
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
         step_function = self._step
