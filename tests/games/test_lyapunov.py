@@ -95,7 +95,7 @@ def test_complex_momentum_top_exponent_is_the_log_spectral_radius():
 
 def test_the_game_jacobian_and_its_branch_directions():
     game = BilinearGame(dim=2, condition_number=2.0)
-    dynamics = GameDynamics(game, "sgd")
+    dynamics = GameDynamics(game, functools.partial(torch.optim.SGD, lr=0.1))
     theta = dynamics.initial_params
     torch.testing.assert_close(dynamics.jacobian(theta), game.jacobian())
     values, vectors = eigenpairs(dynamics.vector_field, theta, 4)
@@ -124,6 +124,6 @@ def test_bad_input_is_named_before_any_work():
     for player in players.values():
         player.requires_grad_(False)
     with pytest.raises(ValueError, match="invalid game: 'BilinearGame'.*parameters that require gradients"):
-        GameDynamics(game, "sgd", players=players)
+        GameDynamics(game, functools.partial(torch.optim.SGD, lr=0.1), players=players)
     with pytest.raises(ValueError, match="invalid optimizer.*needs an optimizer with a functional core"):
         GameDynamics(game, torch.optim.LBFGS)
