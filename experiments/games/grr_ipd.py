@@ -43,7 +43,7 @@ def grr() -> tuple[list[dict], dict, float]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=grr_ipd", "logger=none", "progress=false", "name=grr_ipd"])
     began = time.perf_counter()
-    summary = run(cfg, folder)
+    run(cfg, folder)
     seconds = time.perf_counter() - began
     solutions = json.loads((folder / "grr_solutions.json").read_text())
     shutil.copy(folder / "grr_branches.png", HERE / "grr_ipd_branches.png")
@@ -76,7 +76,8 @@ def main() -> None:
     lines = ["# GRR vs restarts on the iterated prisoner's dilemma (naive learners, lr 1, γ = 0.96)", "",
              f"GRR: one start, {len(solutions)} distinct solutions from {branches} branches "
              f"({seconds:.0f} s, ≈{rounds} round-equivalents of compute):", "",
-             "| solution | outcome | branches | player 1 reward/step | player 2 reward/step | P(C) player 1: start, CC, CD, DC, DD | P(C) player 2 |",
+             "| solution | outcome | branches | player 1 reward/step | player 2 reward/step | "
+             "P(C) player 1: start, CC, CD, DC, DD | P(C) player 2 |",
              "|---|---|---|---|---|---|---|"]
     for j, s in enumerate(solutions):
         m = s["metrics"]

@@ -24,7 +24,8 @@ def _order(values: torch.Tensor) -> torch.Tensor:
 
 
 def eigenpairs(vector_field: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, num: int,
-               dense_limit: int = 512, krylov_size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               dense_limit: int = 512, krylov_size: int | None = None,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` eigenvalues and eigenvectors (columns, complex) of the game Jacobian J = ∂ĝ/∂ω at ``point``,
     the least stable for gradient play first: smallest real part first (ω ← ω − αĝ grows along
     Re λ < 0, the ridges of Ridge Rider), a conjugate pair with positive imaginary part first.

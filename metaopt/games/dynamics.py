@@ -31,7 +31,8 @@ class GameDynamics:
     players' parameters θ (every parameter that requires a gradient, player after player, in
     ``named_parameters`` order) followed by the optimizer's buffers s (for momentum the buffer μ, for
     complex momentum Re μ and Im μ, for Adam both moments): for an optimizer with state, F over θ alone
-    is not a map at all. ω holds only the buffers the step updates: a buffer the core hands back untouched (the very tensor it was given: SGD's buffer
+    is not a map at all. ω holds only the buffers the step updates: a buffer the core hands back
+    untouched (the very tensor it was given: SGD's buffer
     without momentum, Adam's AMSGrad maximum without ``amsgrad``) is held fixed outside ω, so plain
     simultaneous GDA is the map on ω = θ alone.
 

@@ -89,7 +89,8 @@ def lyapunov_exponents(update: Callable[[torch.Tensor], torch.Tensor], start: to
         if t == 0:
             require("update", f"returned shape {tuple(new_omega.shape)}", new_omega.shape == start.shape,
                     f"a map to a tensor of start's shape {tuple(start.shape)}")
-            require("update", "a map whose Jacobian is zero along the whole frame", bool(pushed.detach().abs().sum() > 0),
+            require("update", "a map whose Jacobian is zero along the whole frame",
+                    bool(pushed.detach().abs().sum() > 0),
                     "a map differentiable in its input (an update that detaches its input, calls .item() or "
                     "runs under torch.no_grad has no Jacobian: its exponents would all be -inf)")
         q, r = torch.linalg.qr(pushed.T)

@@ -231,7 +231,8 @@ class GRRLoop:
                 f"the start of this game ({tuple(self.start.shape)})")
         self.start = state["start"].to(self.start)
         self.exponents = state["exponents"].tolist()
-        self.skipped, self.steps_done, self.rounds = int(state["skipped"]), int(state["steps_done"]), int(state["rounds"])
+        self.skipped, self.steps_done = int(state["skipped"]), int(state["steps_done"])
+        self.rounds = int(state["rounds"])
         self.branches = None
         if state["branches"] is not None:
             self.branches = [{**b, "objectives": b["objectives"].tolist()} for b in state["branches"]]

@@ -111,9 +111,9 @@ def test_the_game_jacobian_and_its_branch_directions():
 
 def test_bad_input_is_named_before_any_work():
     start = torch.zeros(3, dtype=F64)
-    with pytest.raises(ValueError, match=r"invalid k: 4 \(allowed: an integer from 1 to the number of coordinates of start \(3\)\)"):
+    with pytest.raises(ValueError, match=r"invalid k: 4 \(allowed: an integer from 1 to the number of coordinates"):
         lyapunov_exponents(lambda w: w, start, 4, 10)
-    with pytest.raises(ValueError, match=r"invalid start: 'non-finite at index 1' \(allowed: a tensor of finite numbers\)"):
+    with pytest.raises(ValueError, match=r"invalid start: 'non-finite at index 1' \(allowed: a tensor of finite"):
         lyapunov_exponents(lambda w: w, torch.tensor([0.0, math.nan, 1.0]), 1, 10)
     with pytest.raises(ValueError, match="invalid steps: 0"):
         lyapunov_exponents(lambda w: w, start, 1, 0)
