@@ -23,7 +23,7 @@ KINDS = {"supervised": SupervisedTask, "game": Game, "bilevel": BilevelProblem, 
 ES_LOOPS = "an ES/TBPTT loop (outer=pes, es_single, truncated_es, full_es, tbptt)"
 LOOPS_FOR = {
     "supervised": f"outer=none or outer=apo to train it, {ES_LOOPS} to tune its optimizer's hyperparameters",
-    "game": f"outer=game to play it, {ES_LOOPS} to tune the players' optimizer",
+    "game": f"outer=game to play it, outer=grr for diverse solutions, {ES_LOOPS} to tune the players' optimizer",
     "bilevel": "outer=bilevel_cold or outer=bilevel_warm",
     "unrolled": ES_LOOPS,
 }

@@ -11,7 +11,16 @@ from metaopt.tasks.bilevel import (
     PerParameterL2,
     SupervisedBilevelProblem,
 )
-from metaopt.tasks.games import BilinearGame, Game, GANMixture, MixedGame, QuadraticGame, Vector, game_step
+from metaopt.tasks.games import (
+    BilinearGame,
+    Game,
+    GANMixture,
+    IteratedPrisonersDilemma,
+    MixedGame,
+    QuadraticGame,
+    Vector,
+    game_step,
+)
 from metaopt.tasks.linreg import LinearRegression
 from metaopt.tasks.models import MLP
 from metaopt.tasks.supervised import SupervisedTask
@@ -28,4 +37,4 @@ __all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
            "UnrolledProblem", "ParticleState", "TrainingRun", "GameRun", "InfluenceBalancing", "Toy2DSchedule",
            "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
            "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
-           "GANMixture", "from_arrays"]
+           "GANMixture", "IteratedPrisonersDilemma", "from_arrays"]

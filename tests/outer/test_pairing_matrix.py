@@ -14,7 +14,7 @@ from metaopt.run import run
 
 CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
-OUTERS = ["none", "apo", "game", "tbptt", "full_es", "truncated_es", "pes", "es_single", "bilevel_cold",
+OUTERS = ["none", "apo", "game", "grr", "tbptt", "full_es", "truncated_es", "pes", "es_single", "bilevel_cold",
           "bilevel_warm"]
 ES = ["tbptt", "full_es", "truncated_es", "pes", "es_single"]
 APO = ["apo_lr", "apo_precond"]
@@ -24,6 +24,7 @@ TINY = {
     "none": ["outer.steps=3", "outer.eval_every=0"],
     "apo": ["outer.steps=3", "outer.eval_every=0", "optimizer.meta_interval=2"],
     "game": ["outer.steps=3", "outer.eval_every=0"],
+    "grr": ["outer.steps=4", "outer.ascent_steps=2", "outer.lyapunov_steps=3", "outer.eval_every=0"],
     **{es: ["outer.steps=2", "outer.eval_every=0", "outer.problem.horizon=6", "outer.estimator.num_particles=4",
             "outer.grid=null"] + ([] if es == "full_es" else ["outer.estimator.truncation_length=3"])
        for es in ES},
@@ -32,7 +33,7 @@ TINY = {
 }
 # The task of each kind: supervised for plain/APO training and the ES loops, a game for outer=game and the
 # ES loops (a whole game run is an unrolled problem too), a bilevel problem for the bilevel loops.
-TASKS = {"none": ["digits_mlp"], "apo": ["digits_mlp"], "game": ["bilinear_game"],
+TASKS = {"none": ["digits_mlp"], "apo": ["digits_mlp"], "game": ["bilinear_game"], "grr": ["ipd"],
          **{es: ["digits_mlp", "bilinear_game"] for es in ES},
          "bilevel_cold": ["digits_l2"], "bilevel_warm": ["digits_l2"]}
 
@@ -44,6 +45,7 @@ def expected_refusal(optimizer: str, outer: str, task: str) -> str | None:
     if outer in ES and task == "digits_mlp":  # APO's own hyperparameters, tuned over whole training runs
         return "TBPTT differentiates through the inner steps" if outer == "tbptt" else None
     return {"none": "never calls APO's meta_step", "apo": None, "game": "its meta-step needs a supervised model",
+            "grr": "APO has no functional core: GRR",
             # bilevel_cold's default hypergradient (ift_cg) trains the inner problem with APO as it is;
             # bilevel_warm's (unroll) differentiates through the inner steps
             "bilevel_cold": None, "bilevel_warm": "APO has no functional core, which an unrolled hypergradient",

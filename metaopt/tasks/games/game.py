@@ -53,6 +53,12 @@ class Game:
         raise NotImplementedError(f"{type(self).__name__} defines no meta_loss, so no outer loop can tune the "
                                   "optimizers that play it (define Game.meta_loss)")
 
+    def strategy(self, players: Mapping[str, nn.Module]) -> torch.Tensor:
+        """A flat description of the players' strategies in which two solutions are compared (GRR
+        deduplicates solutions by their distance here). Default: every parameter, player after player;
+        games override it with something closer to behaviour (the IPD: cooperation probabilities)."""
+        return torch.cat([p.detach().reshape(-1) for player in players.values() for p in player.parameters()])
+
     def plots(self, players: Mapping[str, nn.Module], folder: Path) -> list[Path]:
         return []
 

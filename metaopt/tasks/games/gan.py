@@ -92,6 +92,15 @@ class GANMixture(Game):
         return total
 
     @torch.no_grad()
+    def strategy(self, players) -> torch.Tensor:
+        """The fraction of the evaluation samples of high quality at each mode (``num_modes`` numbers):
+        two generators differ here when they cover different modes."""
+        samples = self.eval_samples(players)
+        distances, nearest = torch.cdist(samples, self.modes).min(1)
+        counts = torch.bincount(nearest[distances < 3 * self.std], minlength=len(self.modes))
+        return counts.float() / self.num_eval_samples
+
+    @torch.no_grad()
     def evaluate(self, players) -> dict[str, float]:
         samples = self.eval_samples(players)
         distances, nearest = torch.cdist(samples, self.modes).min(1)
