@@ -48,7 +48,7 @@ class InnerOptimizer:
                 "(metaopt.optim.specs)")
         self.spec = spec
         self.name = spec.name
-        allowed = {*spec.hyperparameters, *spec.flags, *spec.class_defaults}
+        allowed = {*spec.hyperparameters, *spec.flags, *spec.class_defaults, *spec.constants}
         unknown = sorted(set(hyperparameters) - allowed)
         require("inner optimizer hyperparameters", unknown, not unknown,
                 f"the arguments of metaopt.optim.functional.{spec.functional.update.__name__}: {sorted(allowed)}")

@@ -131,7 +131,7 @@ def _name(optimizer: Any) -> str:
 
 def _defaults(spec: OptimizerSpec) -> dict[str, Any]:
     """The class's own defaults for its hyperparameters and flags (torch's, not the cores')."""
-    known = {*spec.hyperparameters, *spec.flags, *spec.pairs}
+    known = {*spec.hyperparameters, *spec.flags, *spec.pairs, *spec.constants}
     signature = inspect.signature(spec.optimizer.__init__)
     return {k: p.default for k, p in signature.parameters.items()
             if k in known and p.default is not inspect.Parameter.empty}
@@ -153,7 +153,7 @@ def _hyperparameters(spec: OptimizerSpec, optimizer: Any, given: Mapping[str, An
     # A Hydra partial carries ListConfig betas: a sequence, but neither list nor tuple.
     merged = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, (str, list, tuple)) else v
               for k, v in merged.items()}
-    known = {*spec.hyperparameters, *spec.flags, *spec.pairs}
+    known = {*spec.hyperparameters, *spec.flags, *spec.pairs, *spec.constants}
     merged = {k: v for k, v in merged.items() if k in known or k in given}
     if "lr" in spec.hyperparameters and "lr" not in merged:
         raise ValueError(f"{spec.optimizer.__name__} needs lr")

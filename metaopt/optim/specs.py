@@ -118,7 +118,9 @@ class OptimizerSpec:
     arguments whose value the class sets differently from the core (AdamW: ``decoupled_weight_decay=True``,
     ``weight_decay=0.01``), given unless the class's arguments say otherwise; ``init_args``: hyperparameters
     the core's ``init`` takes (state set up from them). ``pairs`` maps a torch argument holding several
-    hyperparameters to their names (``betas`` → ``beta1``, ``beta2``).
+    hyperparameters to their names (``betas`` → ``beta1``, ``beta2``). ``constants``: arguments passed to the
+    core as they are, neither checked nor tuned (a learned optimizer's ``weights``); ``prepare`` maps the
+    core's keyword arguments once more before use (a pretrained name to its weights).
     """
 
     name: str
@@ -130,6 +132,8 @@ class OptimizerSpec:
     class_defaults: Mapping[str, Any] = field(default_factory=dict)
     init_args: tuple[str, ...] = ()
     pairs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    constants: tuple[str, ...] = ()
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def tunable(self) -> list[str]:
@@ -154,15 +158,16 @@ class OptimizerSpec:
                     raise ValueError(f"invalid {prefix}.{key}: {shown!r} (allowed: {count} numbers "
                                      f"{' / '.join(sorted(within))}: {', '.join(names)})")
                 out.update(zip(names, list(value)))
-            elif key in self.hyperparameters or key in self.flags:
+            elif key in self.hyperparameters or key in self.flags or key in self.constants:
                 out[key] = value
             else:
                 flags = [f for f in IMPLEMENTATION_FLAGS if f in _parameters(self.optimizer)]
-                allowed = sorted([*self.hyperparameters, *self.flags, *self.pairs, *flags])
+                allowed = sorted([*self.hyperparameters, *self.flags, *self.pairs, *self.constants, *flags])
                 raise ValueError(f"invalid {prefix}.{key}: {value!r} ({self.optimizer.__name__} has no such "
                                  f"argument; allowed: {', '.join(allowed)})")
         self.check(out, prefix)
-        return {**self.class_defaults, **out}
+        out = {**self.class_defaults, **out}
+        return self.prepare(out) if self.prepare is not None else out
 
     def check(self, kwargs: Mapping[str, Any], prefix: str = "optimizer") -> None:
         """Raise ``ValueError`` naming the first hyperparameter outside its domain."""
@@ -238,6 +243,7 @@ def factory_kwargs(optimizer: Any) -> dict[str, Any]:
 def _specs() -> None:
     from metaopt.optim.complex_adam import ComplexAdam
     from metaopt.optim.complex_momentum import ComplexMomentum
+    from metaopt.optim.learned import LearnedOptimizer, core_kwargs
 
     adam_hyper = {"lr": LR, "beta1": DECAY, "beta2": DECAY, "eps": EPS, "weight_decay": SCALE}
     adam_flags = ("amsgrad", "maximize")
@@ -265,6 +271,8 @@ def _specs() -> None:
                       {**adam_hyper, "angle": ANGLE}, flags=(*adam_flags, "decoupled_weight_decay"),
                       natural=("lr", "beta1", "angle"), pairs={"betas": ("beta1", "beta2")},
                       init_args=("amsgrad",)),
+        OptimizerSpec("learned", LearnedOptimizer, FUNCTIONAL["learned"], {"lr": LR}, natural=("lr",),
+                      constants=("weights", "hidden"), prepare=core_kwargs),
     ):
         register(spec)
 

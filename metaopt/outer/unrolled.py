@@ -196,6 +196,9 @@ class UnrolledLoop:
         final = self._final if self._final is not None else self._comparison()
         trajectory = torch.tensor(self.trajectory)
         paths = [plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png")]
+        save = getattr(self.problem, "save", None)  # a problem whose θ is a product (a learned optimizer)
+        if save is not None:
+            paths.append(save(self.theta.detach(), Path(folder)))
         write_comparison_table(self.problem, self.theta_start, self.theta.detach(), final,
                                Path(folder) / "comparison.md")
         return paths

@@ -26,3 +26,20 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(_ACTIVATIONS[activation]())
         super().__init__(nn.Flatten(), *layers)
+
+
+class ConvNet(nn.Sequential):
+    """A small conv net on square single-channel images given flat (``in_features = side²``, 64 for the
+    8×8 digits): ``conv3×3(channels) → act → conv3×3 stride 2 (channels) → act → Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, channels: int = 8, activation: str = "relu"):
+        require("model.activation", activation, activation in _ACTIVATIONS, f"one of {sorted(_ACTIVATIONS)}")
+        side = int(round(in_features ** 0.5))
+        require("model.in_features", in_features, side * side == in_features and side >= 4,
+                "a square number of pixels (side >= 4)")
+        require("model.channels", channels, isinstance(channels, int) and channels > 0, "a positive integer")
+        reduced = (side + 1) // 2
+        super().__init__(nn.Unflatten(1, (1, side, side)), nn.Conv2d(1, channels, 3, padding=1),
+                         _ACTIVATIONS[activation](), nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+                         _ACTIVATIONS[activation](), nn.Flatten(),
+                         nn.Linear(channels * reduced * reduced, out_features))

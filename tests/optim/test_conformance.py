@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
-from metaopt.optim import APO, ComplexAdam, ComplexMomentum
+from metaopt.optim import APO, ComplexAdam, ComplexMomentum, LearnedOptimizer
+from metaopt.optim.functional.learned import initial_weights, num_weights
 
 
 @dataclass
@@ -71,6 +72,18 @@ INFOS = [
                   maximize=False, variants={"per_tensor": dict(foreach=False), "foreach": dict(foreach=True)},
                   flags=_ADAM_FLAGS),
 ]
+
+
+def _learned(params, lr, **kwargs):
+    """A learned optimizer whose every weight matters (not only the Adam-like skip path of the start)."""
+    generator = torch.Generator().manual_seed(0)
+    weights = initial_weights((16,), generator) + 0.2 * torch.randn(num_weights((16,)), generator=generator)
+    return LearnedOptimizer(params, weights=weights, hidden=[16], lr=lr, **kwargs)
+
+
+INFOS.append(OptimizerInfo("learned", _learned, 1.0, variants={"per_tensor": dict(foreach=False),
+                                                                "foreach": dict(foreach=True)},
+                           flags=("foreach", "maximize")))
 BY_NAME = {info.name: info for info in INFOS}
 # Every variant of every optimizer, for the checks that do not compare variants.
 VARIANTS = [pytest.param(info, flags, id=f"{info.name}-{variant}")

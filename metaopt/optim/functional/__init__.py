@@ -17,6 +17,7 @@ from metaopt.optim.functional.complex_momentum import (
     complex_momentum,
     complex_momentum_init,
 )
+from metaopt.optim.functional.learned import LearnedState, learned, learned_init
 from metaopt.optim.functional.rmsprop import RMSpropState, rmsprop, rmsprop_init
 from metaopt.optim.functional.sgd import SGDState, sgd, sgd_init
 
@@ -35,9 +36,10 @@ FUNCTIONAL: dict[str, FunctionalOptimizer] = {
     "complex_adam": FunctionalOptimizer(complex_adam_init, complex_adam),
     "rmsprop": FunctionalOptimizer(rmsprop_init, rmsprop),
     "adagrad": FunctionalOptimizer(adagrad_init, adagrad),
+    "learned": FunctionalOptimizer(learned_init, learned),
 }
 
 __all__ = ["FUNCTIONAL", "FunctionalOptimizer", "SGDState", "sgd", "sgd_init", "AdamState", "adam",
            "adam_init", "ComplexMomentumState", "complex_momentum", "complex_momentum_init",
            "ComplexAdamState", "complex_adam", "complex_adam_init", "RMSpropState", "rmsprop", "rmsprop_init",
-           "AdagradState", "adagrad", "adagrad_init"]
+           "AdagradState", "adagrad", "adagrad_init", "LearnedState", "learned", "learned_init"]

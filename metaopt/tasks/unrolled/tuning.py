@@ -86,7 +86,7 @@ class TunedHyperparameters:
         require(f"{prefix}.fixed", both, not both,
                 "keys that are not also tuned (a hyperparameter is either tuned or fixed, not both)")
         spec.check(fixed, f"{prefix}.fixed")
-        unknown = sorted(set(fixed) - {*spec.hyperparameters, *spec.flags})
+        unknown = sorted(set(fixed) - {*spec.hyperparameters, *spec.flags, *spec.constants})
         require(f"{prefix}.fixed", unknown, not unknown,
                 f"arguments of {spec.optimizer.__name__}: {sorted([*spec.hyperparameters, *spec.flags])}")
         require(f"{prefix}.schedule", schedule, schedule in SCHEDULES, f"one of {SCHEDULES}")

@@ -1,0 +1,186 @@
+"""A learned optimizer's pure update: a small MLP, applied to every parameter element, maps features of
+its gradient history to a step (in the style of learned_optimization's per-parameter MLP optimizers,
+Metz et al., 2019/2020; used by the PES and ES-Single papers' learned-optimizer experiments).
+
+Per element, with ``g`` the gradient and ``p`` the parameter, the state keeps momenta ``m_k`` at the
+decays ``MOMENTUM_DECAYS`` and a second moment ``v`` (decay ``SECOND_MOMENT_DECAY``, bias-corrected). The
+``NUM_FEATURES`` inputs are
+
+* ``g, p, m_1..m_K, √v̂``, each divided by its root-mean-square over the tensor (the anchor's
+  "second moment normaliser", which makes the inputs independent of each tensor's scale);
+* ``g/(√v̂+ε), m_1/(√v̂+ε), …, m_K/(√v̂+ε)``: Adam-like normalised gradient and momenta (not in the
+  anchor, whose inputs are only the normalised raw values);
+* ``tanh(t/s − 1)`` for the timescales ``TIMESCALES``: the step count ``t``, the same for every element.
+  The anchor's timescales reach 100 000 steps; these saturate within ~100 steps, so that a run longer
+  than the meta-training horizon sees, after it, the time features of its end (inputs the MLP was
+  trained on) instead of values it never saw.
+
+The MLP (``hidden`` ReLU layers) outputs a direction ``d`` and a log-magnitude ``s``; the update is
+
+    p ← p − lr · d · exp(min(s, MAX_LOG_MAGNITUDE)) · STEP_SCALE
+
+(the cap bounds the step multiplier at e⁴ ≈ 55 on inputs unlike those of meta-training).
+Where this differs from the anchor: the magnitude is ``exp(s)`` (the anchor's ``exp(0.001·s)·0.001``
+needs outputs in the thousands to move the step size, which an ES outer loop with a small σ cannot
+reach); and the output layer has a linear skip path from the features, so that the weights from
+``initial_weights`` (hidden-to-output weights zero, the skip reading ``m_2/(√v̂+ε)``) start meta-training
+as Adam with β₁ = ``MOMENTUM_DECAYS[1]`` and lr ``STEP_SCALE`` rather than as noise. ``lr`` is a plain
+multiplier of the step (what LR schedulers act on; 1 by default).
+
+The weights θ are one flat tensor (``weights``), the layout given by ``layout(hidden)``, so that ES
+perturbs them as one vector and ``torch.func.vmap`` batches them over particles. All tensors of a call
+go through the MLP at once (one matmul over the concatenated elements: the multi-tensor path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from metaopt.optim.functional._utils import Tensors, sqrt, step_count
+
+__all__ = ["LearnedState", "learned_init", "learned", "layout", "initial_weights", "num_weights",
+           "NUM_FEATURES", "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "TIMESCALES", "STEP_SCALE"]
+
+MOMENTUM_DECAYS = (0.5, 0.9, 0.99)
+SECOND_MOMENT_DECAY = 0.999
+TIMESCALES = (1.0, 3.0, 10.0, 30.0)
+MAX_LOG_MAGNITUDE = 4.0
+STEP_SCALE = 1e-3
+EPS = 1e-8
+CHUNK = 16384  # rows of the MLP per block
+_NORMALISED = 3 + len(MOMENTUM_DECAYS)          # g, p, m_k, √v̂ (RMS-normalised per tensor)
+_ADAPTIVE = 1 + len(MOMENTUM_DECAYS)            # g/√v̂, m_k/√v̂
+NUM_FEATURES = _NORMALISED + _ADAPTIVE + len(TIMESCALES)
+ADAM_FEATURE = _NORMALISED + 2                   # m_2/(√v̂+ε): Adam's direction with β₁ = 0.9
+
+
+class LearnedState(NamedTuple):
+    momenta: Tensors
+    """One tensor per parameter, shape ``(K, *param.shape)``: the momenta at ``MOMENTUM_DECAYS``."""
+    second_moment: Tensors
+    step: torch.Tensor
+
+
+def layout(hidden: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the blocks of the flat weights, in order: ``w{i}``/``b{i}`` of the hidden layers,
+    ``w_out``/``b_out`` (2 outputs), ``skip`` (features → outputs)."""
+    blocks, width = [], NUM_FEATURES
+    for i, size in enumerate(hidden):
+        blocks += [(f"w{i}", (size, width)), (f"b{i}", (size,))]
+        width = size
+    return blocks + [("w_out", (2, width)), ("b_out", (2,)), ("skip", (2, NUM_FEATURES))]
+
+
+def num_weights(hidden: Sequence[int]) -> int:
+    return sum(int(torch.Size(shape).numel()) for _, shape in layout(hidden))
+
+
+def initial_weights(hidden: Sequence[int] = (32,), generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights that start as Adam (β₁ 0.9, lr ``STEP_SCALE``): hidden layers initialised as ``nn.Linear``
+    (uniform ±1/√fan_in, biases 0), the hidden-to-output weights 0, the skip path reading ``m_2/(√v̂+ε)``."""
+    parts = []
+    for name, shape in layout(hidden):
+        block = torch.zeros(shape, dtype=dtype)
+        if name.startswith("w") and name != "w_out":
+            bound = shape[1] ** -0.5
+            block = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+        if name == "skip":
+            block[0, ADAM_FEATURE] = 1.0
+        parts.append(block.flatten())
+    return torch.cat(parts)
+
+
+def learned_init(params: Sequence[torch.Tensor]) -> LearnedState:
+    momenta = tuple(torch.zeros((len(MOMENTUM_DECAYS), *p.shape), dtype=p.dtype, device=p.device) for p in params)
+    return LearnedState(momenta, tuple(torch.zeros_like(p) for p in params), step_count(params))
+
+
+def _unpack(weights: torch.Tensor, hidden: Sequence[int]) -> dict[str, torch.Tensor]:
+    out, offset = {}, 0
+    for name, shape in layout(hidden):
+        size = int(torch.Size(shape).numel())
+        out[name] = weights[offset: offset + size].view(shape)
+        offset += size
+    return out
+
+
+def _mlp(inputs: torch.Tensor, w: dict[str, torch.Tensor], layers: int) -> torch.Tensor:
+    """(direction, log-magnitude), shape (2, n), of every column of ``inputs`` (F, n): the hidden ReLU layers,
+    the output layer and the linear skip path from the features (the columns as a matmul's inner layout,
+    so that features built row by row are never transposed)."""
+    out = inputs
+    for i in range(layers):
+        out = torch.relu(torch.addmm(w[f"b{i}"][:, None], w[f"w{i}"], out))
+    return torch.addmm(w["b_out"][:, None], w["w_out"], out) + w["skip"] @ inputs
+
+
+def _features(g, p, m, root, scales, clock) -> torch.Tensor:
+    """The (F, n) inputs of the elements given (flat slices), with the tensor's RMS ``scales`` of the raw ones."""
+    raw = torch.cat([g[None], p[None], m, root[None]]) * scales
+    adaptive = torch.cat([g[None], m]) / (root + EPS)
+    return torch.cat([raw, adaptive, clock.expand(len(TIMESCALES), g.shape[0])])
+
+
+def learned(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    state: LearnedState,
+    *,
+    weights: torch.Tensor,
+    hidden: Sequence[int] = (32,),
+    lr: float | torch.Tensor = 1.0,
+    maximize: bool = False,
+) -> tuple[Tensors, LearnedState]:
+    """One step of the learned optimizer with weights ``weights`` (flat, ``layout(hidden)``) on every tensor."""
+    if weights.numel() != num_weights(hidden):
+        raise ValueError(f"invalid weights: {weights.numel()} numbers (allowed: {num_weights(hidden)}, the size "
+                         f"of a learned optimizer with hidden={list(hidden)})")
+    step = state.step + 1
+    bias_second = 1 - SECOND_MOMENT_DECAY ** step
+    decays = torch.tensor(MOMENTUM_DECAYS, dtype=params[0].dtype, device=params[0].device) if params else None
+    time = torch.tanh(step / torch.tensor(TIMESCALES, dtype=torch.float64, device=step.device) - 1)
+    clock = time.to(params[0].dtype)[:, None] if params else None
+    w = _unpack(weights.to(params[0].dtype), hidden) if params else None
+    steps: list[torch.Tensor | None] = [None] * len(params)
+    pending: list[tuple[int, torch.Tensor]] = []  # small tensors' features, run through the MLP together
+
+    def flush():
+        if pending:
+            outputs = _mlp(torch.cat([f for _, f in pending], dim=1), w, len(hidden))
+            for (i, _), out in zip(pending, outputs.split([f.shape[1] for _, f in pending], dim=1)):
+                steps[i] = out
+            pending.clear()
+
+    momenta, seconds = [], []
+    for i, (p, g, m, v) in enumerate(zip(params, grads, state.momenta, state.second_moment)):
+        g = -g if maximize else g
+        shape = (-1,) + (1,) * g.dim()
+        m = decays.view(shape) * m + (1 - decays.view(shape)) * g
+        v = SECOND_MOMENT_DECAY * v + (1 - SECOND_MOMENT_DECAY) * g * g
+        momenta.append(m)
+        seconds.append(v)
+        root = sqrt(v / bias_second.to(v.dtype)).reshape(-1)
+        flat = (g.reshape(-1), p.reshape(-1), m.reshape(len(MOMENTUM_DECAYS), -1), root)
+        # Each raw input divided by its root-mean-square over the tensor (the anchor's normaliser).
+        squares = torch.cat([flat[0][None], flat[1][None], flat[2], root[None]]).square().mean(dim=1, keepdim=True)
+        scales = torch.rsqrt(squares + 1e-12)
+        n = root.shape[0]
+        if n < CHUNK:
+            pending.append((i, _features(*flat, scales, clock)))
+            if sum(f.shape[1] for _, f in pending) >= CHUNK:
+                flush()
+            continue
+        # A large tensor: its features built and used block by block, in cache.
+        steps[i] = torch.cat([_mlp(_features(g_, p_, m_, r_, scales, clock), w, len(hidden))
+                              for g_, p_, m_, r_ in zip(flat[0].split(CHUNK), flat[1].split(CHUNK),
+                                                        flat[2].split(CHUNK, dim=1), root.split(CHUNK))], dim=1)
+    flush()
+    new_params = []
+    for p, out in zip(params, steps):
+        step_size = out[0] * torch.exp(out[1].clamp(max=MAX_LOG_MAGNITUDE)) * (STEP_SCALE * lr)
+        new_params.append(p - step_size.view(p.shape).to(p.dtype))
+    return tuple(new_params), LearnedState(tuple(momenta), tuple(seconds), step)

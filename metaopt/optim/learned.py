@@ -1,0 +1,146 @@
+"""A learned optimizer (a per-element MLP, ``metaopt.optim.functional.learned``) as a drop-in
+``torch.optim.Optimizer``, with weights meta-trained by metaopt's ES loops and shipped in the package."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaopt.checks import is_finite_number
+from metaopt.optim.functional.learned import LearnedState, learned, num_weights
+from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
+
+__all__ = ["LearnedOptimizer", "load_weights", "core_kwargs"]
+
+_PRETRAINED = "pretrained"
+DEFAULT_WEIGHTS = "digits_pes"
+
+
+def _pretrained_folder() -> Path:
+    return Path(str(resources.files("metaopt.optim").joinpath(_PRETRAINED)))
+
+
+def load_weights(source: str | Path) -> dict[str, Any]:
+    """``{"weights": tensor, "hidden": [...], "meta": {...}}`` from a pretrained name or a file written by
+    ``save_pretrained`` (``torch.load(weights_only=True)``), checked."""
+    names = LearnedOptimizer.pretrained_names()
+    path = _pretrained_folder() / f"{source}.pt" if str(source) in names else Path(source)
+    check_hyperparameter("weights", str(source), path.is_file(),
+                         f"a pretrained name ({', '.join(names) or 'none shipped'}) or the path of a file "
+                         "written by LearnedOptimizer.save_pretrained")
+    saved = torch.load(path, weights_only=True, map_location="cpu")
+    check_hyperparameter("weights", str(source), isinstance(saved, dict) and {"weights", "hidden"} <= set(saved),
+                         "a file written by LearnedOptimizer.save_pretrained (a dict with weights and hidden)")
+    return saved
+
+
+def core_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The functional core's arguments for the class's: ``weights`` as a tensor (a pretrained name or a saved
+    file loaded, ``digits_pes`` when absent) and its ``hidden`` layers (its spec's ``prepare``)."""
+    kwargs = dict(kwargs)
+    weights = kwargs.get("weights", DEFAULT_WEIGHTS)
+    if isinstance(weights, torch.Tensor):
+        kwargs["hidden"] = tuple(kwargs.get("hidden") or (32,))
+        return kwargs
+    saved = load_weights(weights)
+    hidden = kwargs.get("hidden")
+    check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
+                         f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
+    return {**kwargs, "weights": saved["weights"], "hidden": tuple(saved["hidden"])}
+
+
+class LearnedOptimizer(Optimizer):
+    r"""A learned optimizer: a small MLP applied to every parameter element maps its gradient history to a
+    step (``metaopt.optim.functional.learned`` states the features and the update).
+
+    ``weights``: a pretrained name (``LearnedOptimizer.pretrained_names()``), the path of a file written by
+    ``save_pretrained``, or a flat tensor of meta-parameters for an MLP with ``hidden`` layers (``hidden``
+    is read from the file otherwise). ``lr`` multiplies the learned step (1: as meta-trained); LR
+    schedulers act on it. ``maximize`` ascends. One param group's tensors go through the MLP in one
+    call (the elements concatenated): the multi-tensor path, on CPU and CUDA alike.
+
+    >>> opt = LearnedOptimizer.from_pretrained("digits_pes", model.parameters())
+    """
+
+    def __init__(self, params: Iterable, weights: str | Path | torch.Tensor = DEFAULT_WEIGHTS, lr: float = 1.0,
+                 hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None):
+        if isinstance(weights, torch.Tensor):
+            hidden = list(hidden) if hidden is not None else [32]
+            meta: dict[str, Any] = {}
+        else:
+            saved = load_weights(weights)
+            check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
+                                 f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
+            weights, hidden, meta = saved["weights"], list(saved["hidden"]), dict(saved.get("meta", {}))
+        check_hyperparameter("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden),
+                             "a list of positive layer widths")
+        expected = num_weights(hidden)
+        check_hyperparameter("weights", f"a tensor of shape {tuple(weights.shape)}",
+                             weights.dim() == 1 and weights.numel() == expected,
+                             f"a 1-D tensor of {expected} numbers (a learned optimizer with hidden={hidden})")
+        check_hyperparameter("weights", "a tensor with NaN/Inf", bool(torch.isfinite(weights).all()),
+                             "finite numbers")
+        self.meta = meta
+        defaults = dict(lr=lr, weights=weights.detach().clone(), hidden=tuple(hidden), maximize=maximize,
+                        foreach=foreach)
+        super().__init__(params, defaults)
+
+    @classmethod
+    def from_pretrained(cls, name: str, params: Iterable, **kwargs: Any) -> LearnedOptimizer:
+        """The optimizer with the weights shipped in the package under ``name`` (or a saved file)."""
+        return cls(params, weights=name, **kwargs)
+
+    @staticmethod
+    def pretrained_names() -> list[str]:
+        folder = _pretrained_folder()
+        return sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+
+    def save_pretrained(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write the first param group's weights (``torch.save``, loadable with ``weights_only=True``)."""
+        group = self.param_groups[0]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"weights": group["weights"].detach().cpu().clone(), "hidden": list(group["hidden"]),
+                    "meta": dict(meta or self.meta)}, path)
+        return path
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        lr = group.get("lr")
+        check_hyperparameter("lr", lr, is_finite_number(lr) and float(lr) >= 0.0, "a finite number >= 0")
+        check_hyperparameter("maximize", group.get("maximize"), isinstance(group.get("maximize"), bool),
+                             "True or False")
+        weights, hidden = group.get("weights"), group.get("hidden")
+        check_hyperparameter("weights", type(weights).__name__, isinstance(weights, torch.Tensor)
+                             and weights.numel() == num_weights(hidden), f"{num_weights(hidden)} numbers")
+        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden")})
+
+    def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        from metaopt.optim.functional.learned import learned_init
+
+        state = learned_init([param.detach()])
+        return {"momenta": state.momenta[0], "second_moment": state.second_moment[0], "step": state.step}
+
+    def _upgrade_state(self, param_state: dict[str, Any], group: dict[str, Any]) -> None:
+        step = param_state.get("step")
+        if step is not None and not isinstance(step, torch.Tensor):  # a checkpoint with a plain-number step
+            param_state["step"] = torch.tensor(float(step), dtype=torch.float64)
+
+    def _update(self, group, params, grads, states, foreach):
+        step = states[0]["step"]
+        state = LearnedState(tuple(s["momenta"] for s in states), tuple(s["second_moment"] for s in states), step)
+        weights = group["weights"]
+        if weights.device != params[0].device:
+            weights = group["weights"] = weights.to(params[0].device)
+        if not torch.compiler.is_compiling():  # (a data-dependent check: compiled steps skip it)
+            if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+                raise ValueError("invalid gradients: NaN/Inf (allowed: finite numbers; the learned optimizer's "
+                                 "features would turn every element of such a tensor into NaN)")
+        new_params, new_state = learned(params, grads, state, weights=weights, hidden=group["hidden"],
+                                        lr=hyper_value(group["lr"]))
+        for p, new, s, m, v in zip(params, new_params, states, new_state.momenta, new_state.second_moment):
+            p.copy_(new)
+            s["momenta"], s["second_moment"], s["step"] = m, v, new_state.step

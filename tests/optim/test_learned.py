@@ -1,0 +1,180 @@
+"""The learned optimizer: its functional core, the drop-in class, its weights and its errors."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.func import vmap
+
+from metaopt.optim import LearnedOptimizer
+from metaopt.optim.functional.learned import (
+    NUM_FEATURES,
+    STEP_SCALE,
+    initial_weights,
+    learned,
+    learned_init,
+    num_weights,
+)
+
+
+def _model(dtype=torch.float64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(dtype)
+
+
+def _weights(hidden=(16,), scale=0.3, dtype=torch.float64, seed=1):
+    """Weights with every block nonzero (the hidden-to-output ones too), so every feature matters."""
+    generator = torch.Generator().manual_seed(seed)
+    return (initial_weights(hidden, generator, dtype) + scale * torch.randn(num_weights(hidden), generator=generator,
+                                                                            dtype=dtype) / NUM_FEATURES ** 0.5)
+
+
+def _loss(model, x, y):
+    return (model(x) - y).pow(2).mean()
+
+
+def test_the_class_takes_the_functional_cores_steps():
+    model, x, y = _model(), torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    weights = _weights()
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7)
+    params = tuple(p.detach().clone() for p in model.parameters())
+    state = learned_init(params)
+    reference = copy.deepcopy(model)
+    for _ in range(20):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+        for p, q in zip(reference.parameters(), params):
+            p.data.copy_(q)
+        grads = torch.autograd.grad(_loss(reference, x, y), list(reference.parameters()))
+        params, state = learned(params, grads, state, weights=weights, hidden=[16], lr=0.7)
+    for p, q in zip(model.parameters(), params):
+        torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
+    assert int(opt.state[next(model.parameters())]["step"]) == 20
+
+
+def test_initial_weights_take_a_sign_step_of_a_tenth_of_the_scale_first():
+    """At step 1: m(β=0.9) = 0.1·g and √v̂ = |g|, so the skip path reads 0.1·sign(g): p ← p − 1e-3·0.1·sign(g)."""
+    p, g = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    (new,), _ = learned((p,), (g,), learned_init((p,)), weights=initial_weights((32,), dtype=torch.float64))
+    torch.testing.assert_close(new, p - STEP_SCALE * 0.1 * torch.sign(g), rtol=0, atol=1e-9)  # ε = 1e-8 in √v̂ + ε
+
+
+def test_gradients_through_an_unroll_match_finite_differences():
+    torch.manual_seed(3)
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    w0 = torch.randn(3, dtype=torch.float64)
+
+    def meta_loss(weights):
+        params, state = (w0,), learned_init((w0,))
+        total = 0.0
+        for _ in range(4):
+            loss = (x @ params[0] - y).pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, params, create_graph=True)
+            params, state = learned(params, (grad,), state, weights=weights, hidden=[8], lr=30.0)
+            total = total + loss
+        return total + (x @ params[0] - y).pow(2).mean()
+
+    weights = _weights((8,)).requires_grad_()
+    w0.requires_grad_()
+    (analytic,) = torch.autograd.grad(meta_loss(weights), weights)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        direction = torch.randn(weights.shape, generator=generator, dtype=torch.float64)
+        eps = 1e-5
+        with torch.enable_grad():
+            numeric = (meta_loss(weights.detach() + eps * direction) - meta_loss(weights.detach() - eps * direction))
+        assert float(analytic @ direction) == pytest.approx(float(numeric.detach()) / (2 * eps), rel=1e-5, abs=1e-10)
+    assert analytic.abs().sum() > 0
+
+
+def test_vmap_over_particles_equals_one_call_each():
+    params = (torch.randn(4, 3), torch.randn(3))
+    grads = (torch.randn(4, 3), torch.randn(3))
+    weights = torch.stack([_weights(dtype=torch.float32, seed=s) for s in range(3)])
+    state = learned_init(params)
+
+    def one(w):
+        return learned(params, grads, state, weights=w, hidden=[16])[0]
+
+    batched = vmap(one)(weights)
+    for i in range(3):
+        for b, single in zip(batched, one(weights[i])):
+            torch.testing.assert_close(b[i], single, rtol=1e-6, atol=1e-7)
+
+
+def test_maximize_ascends_and_schedulers_scale_the_step():
+    model, x, y = _model(torch.float32), torch.randn(16, 5), torch.randn(16, 2)
+    opt = LearnedOptimizer(model.parameters(), weights=_weights(dtype=torch.float32), hidden=[16], lr=2.0,
+                           maximize=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    before = float(_loss(model, x, y))
+    for _ in range(5):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+        scheduler.step()
+    assert float(_loss(model, x, y)) > before
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0 / 32)
+
+
+def test_state_dict_deepcopy_and_pickle_round_trips(tmp_path):
+    model, x, y = _model(torch.float32), torch.randn(16, 5), torch.randn(16, 2)
+    opt = LearnedOptimizer(model.parameters(), weights=_weights(dtype=torch.float32), hidden=[16])
+    for _ in range(3):
+        opt.zero_grad()
+        _loss(model, x, y).backward()
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    twin_model = copy.deepcopy(model)
+    twin = LearnedOptimizer(twin_model.parameters(), weights=initial_weights((16,)), hidden=[16])
+    twin.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    copies = [(twin_model, twin), *(copy.deepcopy((model, opt)) for _ in range(1)),
+              pickle.loads(pickle.dumps((model, opt)))]
+    for _ in range(3):
+        for m, o in [(model, opt), *copies]:
+            o.zero_grad()
+            _loss(m, x, y).backward()
+            o.step()
+    for m, _ in copies:
+        for p, q in zip(m.parameters(), model.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_pretrained_weights_ship_and_load_with_weights_only(tmp_path):
+    names = LearnedOptimizer.pretrained_names()
+    assert names, "the package ships at least one meta-trained learned optimizer"
+    model = _model(torch.float32)
+    opt = LearnedOptimizer.from_pretrained(names[0], model.parameters())
+    assert opt.meta.get("estimator") and opt.meta.get("tasks")
+    path = opt.save_pretrained(tmp_path / "mine.pt")
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(saved["weights"], opt.param_groups[0]["weights"])
+    again = LearnedOptimizer(_model(torch.float32).parameters(), weights=path)
+    assert torch.equal(again.param_groups[0]["weights"], saved["weights"])
+
+
+def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    params = _model(torch.float32).parameters()
+    with pytest.raises(ValueError, match=r"invalid weights: 'nope' \(allowed: a pretrained name"):
+        LearnedOptimizer(params, weights="nope")
+    with pytest.raises(ValueError, match=r"invalid weights: 'a tensor of shape \(10,\)' \(allowed: a 1-D tensor "
+                                         r"of 302"):
+        LearnedOptimizer(params, weights=torch.zeros(10), hidden=[16])
+    torch.save({"weights": torch.zeros(num_weights([16])), "hidden": [16]}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"invalid hidden: \[8\] \(allowed: None or \[16\]"):
+        LearnedOptimizer(params, weights=tmp_path / "w.pt", hidden=[8])
+    with pytest.raises(ValueError, match=r"invalid lr: -1"):
+        LearnedOptimizer(params, weights=tmp_path / "w.pt", lr=-1)
+    model = _model(torch.float32)
+    opt = LearnedOptimizer(model.parameters(), weights=tmp_path / "w.pt")
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    with pytest.raises(ValueError, match=r"invalid gradients: NaN/Inf"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before)), "nothing moved"
