@@ -13,6 +13,7 @@ from metaopt.tasks.unrolled.training_run import stream_batches
 from metaopt.unrolled import PES, TBPTT
 
 CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
+pytestmark = pytest.mark.usefixtures("one_thread")  # small batched matmuls: one thread is faster
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +101,13 @@ def test_tbptt_differentiates_the_unroll_in_the_weights(problem):
 
 
 def test_pes_meta_training_lowers_the_meta_loss():
-    problem = LearnedOptimizerTraining(horizon=20, hidden=[8])
-    estimator = PES(problem, num_particles=8, truncation_length=5, sigma=0.03)
+    tasks = [t for t in digits_tasks("train") if t.name in ("mlp_tanh_32_b32", "linreg_20_cond100")]
+    problem = LearnedOptimizerTraining(tasks, horizon=20, hidden=[8])
+    estimator = PES(problem, num_particles=8, truncation_length=10, sigma=0.03)
     theta = torch.nn.Parameter(problem.initial_theta())
-    optimizer = torch.optim.Adam([theta], lr=0.01)
+    optimizer = torch.optim.Adam([theta], lr=0.03)
     start = problem.evaluate(theta.detach())["meta_objective"]
-    for _ in range(30):
+    for _ in range(10):
         gradient, _ = estimator.estimate(theta.detach())
         optimizer.zero_grad()
         theta.grad = gradient
