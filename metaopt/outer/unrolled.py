@@ -198,7 +198,7 @@ class UnrolledLoop:
         paths = [plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png")]
         save = getattr(self.problem, "save", None)  # a problem whose θ is a product (a learned optimizer)
         if save is not None:
-            paths.append(save(self.theta.detach(), Path(folder)))
+            save(self.theta.detach(), Path(folder))
         write_comparison_table(self.problem, self.theta_start, self.theta.detach(), final,
                                Path(folder) / "comparison.md")
         return paths

@@ -111,7 +111,7 @@ def test_maximize_ascends_and_schedulers_scale_the_step():
     opt = LearnedOptimizer(model.parameters(), weights=_weights(dtype=torch.float32), hidden=[16], lr=2.0,
                            maximize=True)
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    before = float(_loss(model, x, y))
+    before = float(_loss(model, x, y).detach())
     for _ in range(5):
         opt.zero_grad()
         _loss(model, x, y).backward()
