@@ -54,7 +54,7 @@ class GRRLoop:
     accepts = ("game",)
 
     @staticmethod
-    def optimizer_refusal(optimizer: type, kind: str | None) -> str | None:
+    def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         if spec_for(optimizer) is not None:
             return None
         known = ", ".join(s.optimizer.__name__ for s in SPECS.values())
