@@ -248,13 +248,19 @@ class GRRLoop:
         if self.branches is not None:
             branches = [{**b, "objectives": torch.tensor(b["objectives"], dtype=torch.float64).reshape(-1, len(
                 self.dynamics.player_names))} for b in self.branches]
-        return {"start": self.start, "exponents": torch.tensor(self.exponents, dtype=torch.float64),
+        return {"ascent_steps": self.ascent_steps, "lyapunov_steps": self.lyapunov_steps,
+                "start": self.start, "exponents": torch.tensor(self.exponents, dtype=torch.float64),
                 "skipped": self.skipped, "steps_done": self.steps_done, "rounds": self.rounds,
                 "branches": branches, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         require("state['start']", tuple(state["start"].shape), state["start"].shape == self.start.shape,
                 f"the start of this game ({tuple(self.start.shape)})")
+        for key in ("ascent_steps", "lyapunov_steps"):  # resolved settings (unset ones depend on outer.steps)
+            if key in state:
+                require(f"outer.{key}", getattr(self, key), getattr(self, key) == state[key],
+                        f"{state[key]}, as in the checkpoint (a resumed GRR run keeps its phases; set "
+                        f"outer.{key}={state[key]} explicitly)")
         self.start = state["start"].to(self.start)
         self.exponents = state["exponents"].tolist()
         self.skipped, self.steps_done = int(state["skipped"]), int(state["steps_done"])

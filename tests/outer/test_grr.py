@@ -1,6 +1,7 @@
 """Generalized Ridge Rider: diverse IPD solutions from one start, checkpoints, refusals."""
 
 import functools
+import json
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ import torch
 from metaopt.optim import APO
 from metaopt.outer import GRRLoop
 from metaopt.outer.pairing import PairingError, check_pairing
+from metaopt.runner.checkpoint import load_checkpoint
 from metaopt.tasks import BilinearGame, IteratedPrisonersDilemma
+from tests.conftest import run_cli
 
 
 def _loop(steps=158):
@@ -64,3 +67,45 @@ def test_optimizers_without_a_functional_core_and_bad_settings_are_refused():
         GRRLoop(BilinearGame(dim=1), sgd, steps=5, ascent_steps=5)
     with pytest.raises(ValueError, match=r"invalid outer.num_exponents: 3 \(allowed: at most the size"):
         GRRLoop(BilinearGame(dim=1), sgd, num_exponents=3)
+
+
+# IPD, naive learners, tiny GRR: 4 ascent steps (steps 1-4), branching at step 5, branches to step 12.
+CLI = ["task=ipd", "outer=grr", "optimizer=sgd", "optimizer.lr=1.0", "task.init_scale=0.0", "outer.ascent_steps=4",
+       "outer.lyapunov_steps=5", "outer.num_directions=2", "outer.eval_every=4", "log_every=2", "checkpoint_every=3"]
+
+
+def _run_results(folder):
+    summary = json.loads((folder / "summary.json").read_text())
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    solutions = json.loads((folder / "grr_solutions.json").read_text())
+    return {k: v for k, v in summary.items() if k not in ("train_seconds", "startup_seconds")}, lines, solutions
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_grr_run_resumed_from_the_command_line_ends_as_an_uninterrupted_one(make_config, tmp_path):
+    """Interrupted in the ascent (checkpoint at step 3) and again after branching (step 9), resumed each
+    time with ``resume=true`` and a larger outer.steps (the first time from the command line): the
+    metrics, summary and solutions are those of the uninterrupted run."""
+    from metaopt.run import run
+
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    run(make_config(*CLI, "outer.steps=12"), reference)
+    run(make_config(*CLI, "outer.steps=5"), interrupted)
+    assert load_checkpoint(interrupted / "checkpoint.pt")["loop"]["branches"] is None   # still ascending
+    result = run_cli(*CLI, "outer.steps=10", "resume=true", "logger=none", "progress=false", "threads=1",
+                     f"hydra.run.dir={interrupted}")
+    assert result.returncode == 0, result.stderr
+    checkpoint = load_checkpoint(interrupted / "checkpoint.pt")
+    assert checkpoint["step"] == 9 and checkpoint["loop"]["branches"] is not None
+    run(make_config(*CLI, "outer.steps=12", "resume=true"), interrupted)
+    assert _run_results(interrupted) == _run_results(reference)
+    summary = _run_results(reference)[0]
+    assert summary["steps"] == 12 and summary["num_solutions"] >= 1
+
+
+def test_resume_refuses_a_checkpoint_whose_unset_phases_resolved_otherwise():
+    game, sgd = BilinearGame(dim=2), functools.partial(torch.optim.SGD, lr=0.1)
+    short = GRRLoop(game, sgd, steps=6)            # ascent_steps unset: min(10, steps - 1) = 5
+    longer = GRRLoop(game, sgd, steps=20)          # 10
+    with pytest.raises(ValueError, match=r"invalid outer.ascent_steps: 10 \(allowed: 5, as in the checkpoint"):
+        longer.load_state_dict(short.state_dict())
