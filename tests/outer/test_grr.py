@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 
 import pytest
 import torch
@@ -109,3 +110,26 @@ def test_resume_refuses_a_checkpoint_whose_unset_phases_resolved_otherwise():
     longer = GRRLoop(game, sgd, steps=20)          # 10
     with pytest.raises(ValueError, match=r"invalid outer.ascent_steps: 10 \(allowed: 5, as in the checkpoint"):
         longer.load_state_dict(short.state_dict())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_gan_mixture_under_default_settings_gets_the_short_ascent_and_runs(make_config):
+    """``task=gan_mixture outer=grr``: ω (~108k numbers with Adam) is past large_size, so the loop picks
+    4 ascent steps over 4 rounds; an ascent step, the branching (Arnoldi on JVPs) and a round of the
+    vmapped branches run on it."""
+    from hydra.utils import instantiate
+
+    cfg = make_config("task=gan_mixture", "outer=grr")
+    torch.manual_seed(0)
+    task, optimizer = instantiate(cfg.task), instantiate(cfg.optimizer)
+    loop = instantiate(cfg.outer)(task=task, optimizer=optimizer, generator=torch.Generator().manual_seed(0))
+    assert loop.large and (loop.ascent_steps, loop.lyapunov_steps) == (4, 4) and loop.num_steps == 200
+    loop = instantiate(cfg.outer, ascent_steps=1, lyapunov_steps=2)(task=task, optimizer=optimizer,
+                                                                  generator=torch.Generator().manual_seed(0))
+    first = loop.step()
+    assert math.isfinite(first["lyapunov_top"]) and not torch.equal(loop.start, loop.initial_start)
+    second = loop.step()
+    assert len(loop.branches) == 4 and loop.rounds == 1 and set(second) >= {"generator_objective",
+                                                                              "discriminator_objective"}
+    moved = [float((b["omega"][: loop.dynamics.num_params] - loop.start).norm()) for b in loop.branches]
+    assert all(m > 0.5 for m in moved)   # each branch starts branch_scale = 1 away and has played a round
