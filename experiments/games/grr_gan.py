@@ -1,9 +1,9 @@
 """GRR on the 8-Gaussian GAN against independent restarts with the same compute: modes covered.
 
 GRR (``+experiment=grr_gan``): one start per seed, the start ascends the top-2 Lyapunov exponents of
-Adam's update map (4 ascent steps over 4 rounds), then ± 4 eigen-directions of the game Jacobian
-(Arnoldi on JVPs), 8 branches followed for ``ROUNDS`` rounds. Restarts: the same players and optimizer
-from independent initialisations, ``ROUNDS`` rounds each, as many as GRR's compute.
+simultaneous gradient descent's update map (10 ascent steps over 8 rounds), then ± 4 eigen-directions of
+the game Jacobian (Arnoldi on JVPs), 8 branches followed with Adam for 400 rounds. Restarts: the same
+players and optimizer from independent initialisations, 400 rounds each, as many as GRR's compute.
 
 Compute is counted in game rounds: one round is one gradient of every player on one batch and one
 optimizer step. GRR's ascent and eigen-decomposition are converted into rounds by their measured

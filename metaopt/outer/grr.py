@@ -55,6 +55,12 @@ class GRRLoop:
     ``eigen_dense_limit``: up to this many parameters the Jacobian is decomposed densely, past it by
     Arnoldi's method on Jacobian-vector products (a Krylov basis of max(4·num, 20) of them).
 
+    ``ascent_optimizer`` (default: ``optimizer``): the optimizer whose update map's exponents the start
+    ascends (the branches are still followed with ``optimizer``). Adam's map from a fresh state divides
+    by the square root of tiny second moments: its finite-time exponents are huge and rough in θ, and
+    their gradient is no ascent direction (experiments/games/README.md); SGD's map, I − α·J on θ, is
+    smooth and its exponents are those of the game.
+
     ``ascent_steps`` and ``lyapunov_steps`` left unset (``None``) are chosen by the size of ω: 10 ascent
     steps over 8 rounds for a game whose ω has at most ``large_size`` numbers, 4 over 4 rounds past it
     (each ascent round differentiates ``num_exponents`` JVPs through a round of play: for the GAN mixture
@@ -76,7 +82,8 @@ class GRRLoop:
                  num_exponents: int = 2, lyapunov_steps: int | None = None, ascent_lr: float = 0.5,
                  num_directions: int = 2, branch_scale: float = 1.0, dedup_threshold: float = 0.5,
                  updates: str = "simultaneous", eval_every: int = 50, eigen_dense_limit: int = 512,
-                 large_size: int = 10_000, seed: int = 0, generator: torch.Generator | None = None):
+                 large_size: int = 10_000, ascent_optimizer: Callable | None = None, seed: int = 0,
+                 generator: torch.Generator | None = None):
         require("task", type(task).__name__, isinstance(task, Game), "a metaopt.tasks.games.Game")
         for name, value in (("steps", steps), ("num_exponents", num_exponents), ("num_directions", num_directions),
                             ("large_size", large_size)):
@@ -89,11 +96,16 @@ class GRRLoop:
                 "a non-negative integer (0: only at the end)")
         self.game = task
         self.dynamics = GameDynamics(task, optimizer, updates=updates, seed=seed)
-        require("outer.num_exponents", num_exponents, num_exponents <= self.dynamics.size,
-                f"at most the size of the dynamics' state ({self.dynamics.size}: parameters and optimizer buffers)")
+        # The map whose exponents the start ascends: the players' own, or (ascent_optimizer) another
+        # optimizer's on the same players, e.g. SGD's for players that follow their branches with Adam.
+        self.ascent_dynamics = self.dynamics if ascent_optimizer is None else GameDynamics(
+            task, ascent_optimizer, players=self.dynamics.players, updates=updates, seed=seed)
+        require("outer.num_exponents", num_exponents, num_exponents <= self.ascent_dynamics.size,
+                f"at most the size of the dynamics' state ({self.ascent_dynamics.size}: parameters and optimizer "
+                "buffers)")
         # Unset (None): the loop's choice by the size of ω. Every ascent round differentiates k JVPs through
         # a round of play, so a large game (a GAN: ω of ~10⁵ numbers with Adam) gets a short estimate.
-        self.large = self.dynamics.size > large_size
+        self.large = self.ascent_dynamics.size > large_size
         if lyapunov_steps is None:
             lyapunov_steps = LARGE_GAME[1] if self.large else SMALL_GAME[1]
         if ascent_steps is None:
@@ -107,7 +119,8 @@ class GRRLoop:
         self.num_directions, self.branch_scale = num_directions, float(branch_scale)
         self.dedup_threshold, self.eigen_dense_limit = float(dedup_threshold), eigen_dense_limit
         self.generator = generator if generator is not None else torch.Generator()
-        self.frame = initial_frame(self.dynamics.size, num_exponents, self.dynamics.dtype, self.dynamics.device, seed)
+        self.frame = initial_frame(self.ascent_dynamics.size, num_exponents, self.dynamics.dtype, self.dynamics.device,
+                                   seed)
         self.start = self.dynamics.initial_params.clone()
         self.initial_start = self.start.clone()
         self.exponents: list[list[float]] = []   # per ascent step, the top exponents before it moved
@@ -118,8 +131,10 @@ class GRRLoop:
 
     # -- phase 1: the branching point ---------------------------------------------------------------
     def exponents_at(self, theta: torch.Tensor) -> torch.Tensor:
-        """The top ``num_exponents`` Lyapunov exponents of the learning dynamics from (θ, fresh state)."""
-        return lyapunov_exponents(self.dynamics.update, self.dynamics.initial_state(theta), self.num_exponents,
+        """The top ``num_exponents`` Lyapunov exponents of the learning dynamics from (θ, fresh state)
+        (of ``ascent_optimizer``'s dynamics where one is given)."""
+        dynamics = self.ascent_dynamics
+        return lyapunov_exponents(dynamics.update, dynamics.initial_state(theta), self.num_exponents,
                                   self.lyapunov_steps, frame=self.frame)
 
     def _ascend(self) -> torch.Tensor:

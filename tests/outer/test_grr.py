@@ -133,3 +133,21 @@ def test_the_gan_mixture_under_default_settings_gets_the_short_ascent_and_runs(m
                                                                               "discriminator_objective"}
     moved = [float((b["omega"][: loop.dynamics.num_params] - loop.start).norm()) for b in loop.branches]
     assert all(m > 0.5 for m in moved)   # each branch starts branch_scale = 1 away and has played a round
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_ascent_optimizer_gives_the_map_the_start_ascends_and_adam_still_follows():
+    """Adam players, SGD's map for the ascent: the exponents are of the map on θ alone (no Adam buffers)
+    and rise; the branches carry Adam's state."""
+    from metaopt.tasks import GANMixture
+
+    torch.manual_seed(0)
+    game = GANMixture(hidden_sizes=(8,), batch_size=32, num_eval_samples=200)
+    loop = GRRLoop(game, functools.partial(torch.optim.Adam, lr=1e-3), steps=6, ascent_steps=4, lyapunov_steps=4,
+                   ascent_optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+    assert loop.ascent_dynamics.size == loop.dynamics.num_params == loop.frame.shape[0]
+    assert loop.dynamics.size == 3 * loop.dynamics.num_params   # θ and Adam's two moments
+    for _ in range(6):
+        loop.step()
+    assert sum(loop.exponents[-1]) > sum(loop.exponents[0])
+    assert all(b["omega"].numel() == loop.dynamics.size for b in loop.branches)
