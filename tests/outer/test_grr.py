@@ -84,21 +84,22 @@ def _run_results(folder):
 
 @pytest.mark.usefixtures("one_thread")
 def test_a_grr_run_resumed_from_the_command_line_ends_as_an_uninterrupted_one(make_config, tmp_path):
-    """Interrupted in the ascent (checkpoint at step 3) and again after branching (step 9), resumed each
-    time with ``resume=true`` and a larger outer.steps (the first time from the command line): the
-    metrics, summary and solutions are those of the uninterrupted run."""
+    """Interrupted in the ascent (its last checkpoint at step 3), resumed with ``python -m metaopt.run …
+    resume=true`` and a larger outer.steps: through the branching to the end, the metrics, summary and
+    solutions are those of the uninterrupted run. (A resume after the branching:
+    test_resume_from_a_state_dict_continues_exactly.)"""
     from metaopt.run import run
 
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run(make_config(*CLI, "outer.steps=12"), reference)
     run(make_config(*CLI, "outer.steps=5"), interrupted)
-    assert load_checkpoint(interrupted / "checkpoint.pt")["loop"]["branches"] is None   # still ascending
-    result = run_cli(*CLI, "outer.steps=10", "resume=true", "logger=none", "progress=false", "threads=1",
+    checkpoint = load_checkpoint(interrupted / "checkpoint.pt")
+    assert checkpoint["step"] == 3 and checkpoint["loop"]["branches"] is None   # still ascending
+    result = run_cli(*CLI, "outer.steps=12", "resume=true", "logger=none", "progress=false", "threads=1",
                      f"hydra.run.dir={interrupted}")
     assert result.returncode == 0, result.stderr
     checkpoint = load_checkpoint(interrupted / "checkpoint.pt")
     assert checkpoint["step"] == 9 and checkpoint["loop"]["branches"] is not None
-    run(make_config(*CLI, "outer.steps=12", "resume=true"), interrupted)
     assert _run_results(interrupted) == _run_results(reference)
     summary = _run_results(reference)[0]
     assert summary["steps"] == 12 and summary["num_solutions"] >= 1
