@@ -122,8 +122,8 @@ def test_resume_refuses_a_checkpoint_whose_unset_phases_resolved_otherwise():
 @pytest.mark.usefixtures("one_thread")
 def test_the_gan_mixture_under_default_settings_gets_the_short_ascent_and_runs(make_config):
     """``task=gan_mixture outer=grr``: the task suggests one torch thread (hints/one_thread); ω (~108k
-    numbers with Adam) is past large_size, so the loop picks 4 ascent steps over 4 rounds; an ascent step, the branching (Arnoldi on JVPs) and a round of the
-    vmapped branches run on it."""
+    numbers with Adam) is past large_size, so the loop picks 4 ascent steps over 4 rounds; an ascent step,
+    the branching (Arnoldi on JVPs) and a round of the vmapped branches run on it."""
     from hydra.utils import instantiate
 
     cfg = make_config("task=gan_mixture", "outer=grr")
