@@ -95,8 +95,8 @@ def _nonfinite(metrics: dict[str, float]) -> str | None:
 
 # Keys that cannot change what a run computes: a resumed run may differ from its checkpoint in these
 # (and in a larger outer.steps). log_every changes only which averages metrics.jsonl holds.
-RESUME_FREE_KEYS = ("logger", "progress", "resume", "overwrite", "checkpoint_every", "log_every", "threads", "name",
-                    "objective")
+RESUME_FREE_KEYS = ("logger", "progress", "resume", "overwrite", "checkpoint_every", "log_every", "threads",
+                    "suggested_threads", "name", "objective")
 _FLOAT32_MAX = 3.4028234663852886e38  # float(numpy.finfo(numpy.float32).max), without importing numpy
 _ABSENT = "<absent>"
 

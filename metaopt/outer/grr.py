@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.func import vmap
 
 from metaopt.checks import is_finite_number, require
 from metaopt.games.branching import branch_directions, deduplicate, eigenpairs
@@ -18,6 +19,10 @@ from metaopt.optim.specs import SPECS, spec_for
 from metaopt.tasks.games.game import UPDATES, Game
 
 __all__ = ["GRRLoop"]
+
+# (ascent_steps, lyapunov_steps) when unset: for games whose ω has at most ``large_size`` numbers, and above.
+SMALL_GAME = (10, 8)
+LARGE_GAME = (4, 4)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -48,7 +53,18 @@ class GRRLoop:
     metrics (``solution<j>_<metric>``); ``plots`` writes ``grr_branches.png`` (exponents during the
     ascent; the branches in the players' objective plane) and ``grr_solutions.md``/``.json`` (the table).
     ``eigen_dense_limit``: up to this many parameters the Jacobian is decomposed densely, past it by
-    Arnoldi's method on Jacobian-vector products.
+    Arnoldi's method on Jacobian-vector products (a Krylov basis of max(4·num, 20) of them).
+
+    ``ascent_optimizer`` (default: ``optimizer``): the optimizer whose update map's exponents the start
+    ascends (the branches are still followed with ``optimizer``). Adam's map from a fresh state divides
+    by the square root of tiny second moments: its finite-time exponents are huge and rough in θ, and
+    their gradient is no ascent direction (experiments/games/README.md); SGD's map, I − α·J on θ, is
+    smooth and its exponents are those of the game.
+
+    ``ascent_steps`` and ``lyapunov_steps`` left unset (``None``) are chosen by the size of ω: 10 ascent
+    steps over 8 rounds for a game whose ω has at most ``large_size`` numbers, 4 over 4 rounds past it
+    (each ascent round differentiates ``num_exponents`` JVPs through a round of play: for the GAN mixture
+    under Adam, ω has ~10⁵ numbers and one ascent round costs ~20 rounds of play).
     """
 
     accepts = ("game",)
@@ -62,18 +78,16 @@ class GRRLoop:
                 f"through the players' update map, which runs on one (use one of {known}; declare yours "
                 "with metaopt.optim.specs.register)")
 
-    def __init__(self, task: Game, optimizer: Callable, steps: int = 200, ascent_steps: int = 10,
-                 num_exponents: int = 2, lyapunov_steps: int = 8, ascent_lr: float = 0.5, num_directions: int = 2,
-                 branch_scale: float = 1.0, dedup_threshold: float = 0.5, updates: str = "simultaneous",
-                 eval_every: int = 50, eigen_dense_limit: int = 512, seed: int = 0,
+    def __init__(self, task: Game, optimizer: Callable, steps: int = 200, ascent_steps: int | None = None,
+                 num_exponents: int = 2, lyapunov_steps: int | None = None, ascent_lr: float = 0.5,
+                 num_directions: int = 2, branch_scale: float = 1.0, dedup_threshold: float = 0.5,
+                 updates: str = "simultaneous", eval_every: int = 50, eigen_dense_limit: int = 512,
+                 large_size: int = 10_000, ascent_optimizer: Callable | None = None, seed: int = 0,
                  generator: torch.Generator | None = None):
         require("task", type(task).__name__, isinstance(task, Game), "a metaopt.tasks.games.Game")
-        for name, value in (("steps", steps), ("num_exponents", num_exponents), ("lyapunov_steps", lyapunov_steps),
-                            ("num_directions", num_directions)):
+        for name, value in (("steps", steps), ("num_exponents", num_exponents), ("num_directions", num_directions),
+                            ("large_size", large_size)):
             _positive_int(f"outer.{name}", value)
-        require("outer.ascent_steps", ascent_steps,
-                isinstance(ascent_steps, int) and not isinstance(ascent_steps, bool) and 0 <= ascent_steps < steps,
-                f"an integer from 0 to steps - 1 = {steps - 1} (the remaining steps follow the branches)")
         for name, value in (("ascent_lr", ascent_lr), ("branch_scale", branch_scale),
                             ("dedup_threshold", dedup_threshold)):
             require(f"outer.{name}", value, is_finite_number(value) and value >= 0, "a finite number >= 0")
@@ -82,14 +96,31 @@ class GRRLoop:
                 "a non-negative integer (0: only at the end)")
         self.game = task
         self.dynamics = GameDynamics(task, optimizer, updates=updates, seed=seed)
-        require("outer.num_exponents", num_exponents, num_exponents <= self.dynamics.size,
-                f"at most the size of the dynamics' state ({self.dynamics.size}: parameters and optimizer buffers)")
+        # The map whose exponents the start ascends: the players' own, or (ascent_optimizer) another
+        # optimizer's on the same players, e.g. SGD's for players that follow their branches with Adam.
+        self.ascent_dynamics = self.dynamics if ascent_optimizer is None else GameDynamics(
+            task, ascent_optimizer, players=self.dynamics.players, updates=updates, seed=seed)
+        require("outer.num_exponents", num_exponents, num_exponents <= self.ascent_dynamics.size,
+                f"at most the size of the dynamics' state ({self.ascent_dynamics.size}: parameters and optimizer "
+                "buffers)")
+        # Unset (None): the loop's choice by the size of ω. Every ascent round differentiates k JVPs through
+        # a round of play, so a large game (a GAN: ω of ~10⁵ numbers with Adam) gets a short estimate.
+        self.large = self.ascent_dynamics.size > large_size
+        if lyapunov_steps is None:
+            lyapunov_steps = LARGE_GAME[1] if self.large else SMALL_GAME[1]
+        if ascent_steps is None:
+            ascent_steps = min(LARGE_GAME[0] if self.large else SMALL_GAME[0], steps - 1)
+        _positive_int("outer.lyapunov_steps", lyapunov_steps)
+        require("outer.ascent_steps", ascent_steps,
+                isinstance(ascent_steps, int) and not isinstance(ascent_steps, bool) and 0 <= ascent_steps < steps,
+                f"an integer from 0 to steps - 1 = {steps - 1} (the remaining steps follow the branches)")
         self.num_steps, self.eval_every, self.ascent_steps = steps, eval_every, ascent_steps
         self.num_exponents, self.lyapunov_steps, self.ascent_lr = num_exponents, lyapunov_steps, float(ascent_lr)
         self.num_directions, self.branch_scale = num_directions, float(branch_scale)
         self.dedup_threshold, self.eigen_dense_limit = float(dedup_threshold), eigen_dense_limit
         self.generator = generator if generator is not None else torch.Generator()
-        self.frame = initial_frame(self.dynamics.size, num_exponents, self.dynamics.dtype, self.dynamics.device, seed)
+        self.frame = initial_frame(self.ascent_dynamics.size, num_exponents, self.dynamics.dtype, self.dynamics.device,
+                                   seed)
         self.start = self.dynamics.initial_params.clone()
         self.initial_start = self.start.clone()
         self.exponents: list[list[float]] = []   # per ascent step, the top exponents before it moved
@@ -100,8 +131,10 @@ class GRRLoop:
 
     # -- phase 1: the branching point ---------------------------------------------------------------
     def exponents_at(self, theta: torch.Tensor) -> torch.Tensor:
-        """The top ``num_exponents`` Lyapunov exponents of the learning dynamics from (θ, fresh state)."""
-        return lyapunov_exponents(self.dynamics.update, self.dynamics.initial_state(theta), self.num_exponents,
+        """The top ``num_exponents`` Lyapunov exponents of the learning dynamics from (θ, fresh state)
+        (of ``ascent_optimizer``'s dynamics where one is given)."""
+        dynamics = self.ascent_dynamics
+        return lyapunov_exponents(dynamics.update, dynamics.initial_state(theta), self.num_exponents,
                                   self.lyapunov_steps, frame=self.frame)
 
     def _ascend(self) -> torch.Tensor:
@@ -134,19 +167,27 @@ class GRRLoop:
                 })
         self.rounds = 0
 
+    def _play_branch(self, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One round of one branch from ``omega``: its new ω and each player's objective before it moved
+        (on a draw of its own), counters at ``self.rounds``."""
+        dynamics = self.dynamics
+        params, states = dynamics.split(omega, step=self.rounds)
+        with dynamics.players_at(params) as players:
+            values = self.game.objectives(players, self.generator)
+        params, states = dynamics.play(params, states, self.generator)
+        return dynamics.join(params, states), torch.stack([values[name].detach() for name in dynamics.player_names])
+
     def _follow(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for branch in self.branches:
-            params, states = self.dynamics.split(branch["omega"], step=self.rounds)
-            with torch.no_grad():
-                values = self.dynamics.objectives(self.dynamics.flatten_params(params), self.generator)
-                params, states = self.dynamics.play(params, states, self.generator)
-            branch["omega"] = self.dynamics.join(params, states).detach()
-            branch["objectives"].append([values[name] for name in self.dynamics.player_names])
-            for name, value in values.items():
-                totals[name] = totals.get(name, 0.0) + value / len(self.branches)
+        # Every branch in one vectorised call (torch.func.vmap over the branches' ω): one batched round
+        # instead of a Python loop of small ones; each branch still draws its own data.
+        with torch.no_grad():
+            omegas, values = vmap(self._play_branch, randomness="different")(
+                torch.stack([branch["omega"] for branch in self.branches]))
+        for branch, omega, row in zip(self.branches, omegas, values.tolist()):
+            branch["omega"] = omega
+            branch["objectives"].append(row)
         self.rounds += 1
-        return totals
+        return {name: float(value) for name, value in zip(self.dynamics.player_names, values.mean(0))}
 
     def step(self) -> dict[str, float]:
         if self.steps_done < self.ascent_steps:
@@ -222,13 +263,19 @@ class GRRLoop:
         if self.branches is not None:
             branches = [{**b, "objectives": torch.tensor(b["objectives"], dtype=torch.float64).reshape(-1, len(
                 self.dynamics.player_names))} for b in self.branches]
-        return {"start": self.start, "exponents": torch.tensor(self.exponents, dtype=torch.float64),
+        return {"ascent_steps": self.ascent_steps, "lyapunov_steps": self.lyapunov_steps,
+                "start": self.start, "exponents": torch.tensor(self.exponents, dtype=torch.float64),
                 "skipped": self.skipped, "steps_done": self.steps_done, "rounds": self.rounds,
                 "branches": branches, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         require("state['start']", tuple(state["start"].shape), state["start"].shape == self.start.shape,
                 f"the start of this game ({tuple(self.start.shape)})")
+        for key in ("ascent_steps", "lyapunov_steps"):  # resolved settings (unset ones depend on outer.steps)
+            if key in state:
+                require(f"outer.{key}", getattr(self, key), getattr(self, key) == state[key],
+                        f"{state[key]}, as in the checkpoint (a resumed GRR run keeps its phases; set "
+                        f"outer.{key}={state[key]} explicitly)")
         self.start = state["start"].to(self.start)
         self.exponents = state["exponents"].tolist()
         self.skipped, self.steps_done = int(state["skipped"]), int(state["steps_done"])
