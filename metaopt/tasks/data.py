@@ -11,6 +11,7 @@ against the IDX format (magic numbers, 28x28 images, labels in 0..9, as many lab
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import pickle
 import struct
 from pathlib import Path
@@ -53,10 +54,30 @@ def random_split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fractio
 
 def load_digits(val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0) -> SplitData:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), pixels scaled to [0, 1]."""
+    data, target = _digits_arrays()
+    return random_split(data.astype(np.float32) / 16.0, target, val_fraction, test_fraction, split_seed)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``sklearn.datasets.load_digits()``'s ``data`` and ``target``, read from scikit-learn's own file.
+
+    Importing ``sklearn.datasets`` (and the scipy it pulls in) costs about a second, more than the rest of
+    a small run's startup; the digits are one gzipped CSV inside the package, which ``find_spec`` locates
+    without importing it. Parsed as scikit-learn parses it (``tests/tasks`` checks they are equal); falls
+    back to scikit-learn where the file is not where it should be.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, mode="rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1], data[:, -1].astype(int, copy=False)
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
-    return random_split(bunch.data.astype(np.float32) / 16.0, bunch.target, val_fraction, test_fraction, split_seed)
+    return bunch.data, bunch.target
 
 
 def _data_root(data_root: str | None, name: str) -> Path:

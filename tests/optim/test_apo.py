@@ -486,6 +486,29 @@ def test_step_hooks_fire_on_apo_and_on_a_hooked_base():
     assert calls == ["apo", "apo", "apo", "base", "apo", "base"]
 
 
+def test_global_step_hooks_see_the_base_and_the_meta_optimizer():
+    """APO skips the inner optimizers' per-call wrapper only while no hook (global ones included) could see it."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    model = nn.Linear(3, 2)
+    opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), meta_interval=2)
+    inputs, targets = torch.randn(4, 3), torch.randn(4, 2)
+    seen = []
+    handle = register_optimizer_step_pre_hook(lambda optimizer, *_: seen.append(optimizer))
+    try:
+        for _ in range(2):
+            opt.zero_grad()
+            _half_mse(model(inputs), targets).backward()
+            opt.meta_step(model, (inputs, targets), inputs, _half_mse)
+            opt.step()
+    finally:
+        handle.remove()
+    # step 1: the base three times (the first probe's linearity check at two lrs, then the probe), the
+    # meta-optimizer, APO; step 2: APO, then the base it calls
+    names = {id(opt.base): "base", id(opt.meta_optimizer): "meta", id(opt): "apo"}
+    assert [names[id(o)] for o in seen] == ["base"] * 3 + ["meta", "apo", "apo", "base"]
+
+
 def test_a_model_that_does_not_own_the_params_is_refused():
     model, other = nn.Linear(2, 1), nn.Linear(2, 1)
     opt = APO(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1))

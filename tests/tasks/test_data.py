@@ -47,6 +47,24 @@ def test_digits_split_is_disjoint_and_complete():
     assert not torch.equal(load_digits(split_seed=1).val.inputs, data.val.inputs)
 
 
+def test_digits_read_without_importing_sklearn_equal_sklearns_own_loader():
+    # load_digits reads scikit-learn's bundled file itself (importing sklearn.datasets costs ~1 s of startup)
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from metaopt.tasks.data import _digits_arrays
+
+    bunch = sklearn_digits()
+    data, target = _digits_arrays()
+    assert data.dtype == bunch.data.dtype and target.dtype == bunch.target.dtype
+    assert np.array_equal(data, bunch.data) and np.array_equal(target, bunch.target)
+    code = ("import sys; from metaopt.tasks.data import load_digits; load_digits(); "
+            "sys.exit(int(any(m.startswith(('sklearn', 'scipy')) for m in sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_loader_reads_idx_files(tmp_path, compress):
     images, labels = _fake_mnist(tmp_path / "mnist", compress=compress)

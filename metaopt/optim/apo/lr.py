@@ -57,6 +57,9 @@ class LearnedLR:
     @torch.no_grad()
     def refresh(self, groups: list[dict[str, Any]]) -> None:
         """Read the factors ``exp(a)`` on the host (one sync per meta-step, none per step)."""
+        if len(groups) == 1:
+            self._factors = [self._log_factor(0).exp().float().item()]
+            return
         factors = torch.stack([self._log_factor(g).exp().float() for g in range(len(groups))])
         self._factors = factors.tolist()
 

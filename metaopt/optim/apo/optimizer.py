@@ -302,7 +302,7 @@ class APO(torch.optim.Optimizer):
         self._last_q = float(q.detach())
         if math.isfinite(self._last_q):  # a lookahead that overflowed says nothing about φ: keep it
             q.backward()
-            self.meta_optimizer.step()
+            probe.unhooked_step(self.meta_optimizer)()
             self.rule.refresh(self.param_groups)
         self._num_meta_steps += 1
         return self._last_q
@@ -313,9 +313,10 @@ class APO(torch.optim.Optimizer):
 
         Runs eagerly inside ``torch.compile`` (dynamo skips it: the probe and the meta-step mutate
         the base), so that a compiled training step does not recompile at every meta-step."""
+        if torch.compiler.is_compiling():  # (dynamo's skip wrapper costs microseconds at every eager step)
+            return self._eager_step(closure)
         return self._step(closure)
 
-    @torch._disable_dynamo
     def _step(self, closure: Callable[[], torch.Tensor] | None):
         if self._num_steps >= self.meta_interval and not self._warned_no_meta_step:
             warnings.warn("APO.step() has run a full meta_interval without meta_step(): φ is not being "
@@ -335,20 +336,26 @@ class APO(torch.optim.Optimizer):
         self.rule.apply(self.param_groups, directions)
         return loss
 
+    _eager_step = torch._disable_dynamo(_step)
+
     def _base_step(self, closure: Callable[[], torch.Tensor] | None):
         """``self.base.step(closure)`` at the learned η, without torch's per-call profiling and hook wrapper
-        where nothing is hooked to the base: ``APO.step`` already runs inside that wrapper (profiler range,
-        step hooks), and a second one costs a few percent of a small model's step."""
-        base, step = self.base, type(self.base).step
+        where nothing is hooked to the base (``probe.unhooked_step``): ``APO.step`` already runs inside
+        that wrapper (profiler range, step hooks)."""
         groups = self.param_groups
+        if len(groups) == 1:  # (the common case, without the lists)
+            group = groups[0]
+            scheduled = group["lr"]
+            group["lr"] = self.rule.step_lrs(groups)[0]
+            try:
+                return probe.unhooked_step(self.base)(closure)
+            finally:
+                group["lr"] = scheduled
         scheduled = [group["lr"] for group in groups]
         for group, eta in zip(groups, self.rule.step_lrs(groups)):
             group["lr"] = eta
         try:
-            if (getattr(step, "hooked", False) and hasattr(step, "__wrapped__") and "step" not in vars(base)
-                    and not base._optimizer_step_pre_hooks and not base._optimizer_step_post_hooks):
-                return step.__wrapped__(base, closure)
-            return base.step(closure)
+            return probe.unhooked_step(self.base)(closure)
         finally:
             for group, lr in zip(groups, scheduled):
                 group["lr"] = lr

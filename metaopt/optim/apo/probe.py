@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _optim
 
-__all__ = ["PROBE_LR", "check_base_factory", "base_directions", "check_linear_in_lr"]
+__all__ = ["PROBE_LR", "check_base_factory", "base_directions", "check_linear_in_lr", "unhooked_step"]
 
 # The base's direction is read off as (θ − θ_after)/lr. A large power of two keeps the difference
 # well above the rounding of θ, so that d is exact to the params' precision even in bfloat16.
@@ -40,6 +41,19 @@ def check_base_factory(base: Callable[..., torch.optim.Optimizer] | torch.optim.
         _refuse_closure_based(getattr(base, "func", base))
 
 
+def unhooked_step(optimizer: torch.optim.Optimizer) -> Callable[..., Any]:
+    """``optimizer.step``, or its body without torch's per-call wrapper (a profiler range and the step
+    hooks) where nothing is hooked to it: no step hooks of its own or global ones, no per-instance
+    ``step`` (an LR scheduler's). APO calls its base's and its meta-optimizer's steps inside its own
+    wrapped step, and a second wrapper costs a few percent of a small model's step."""
+    step = type(optimizer).step
+    if (getattr(step, "hooked", False) and hasattr(step, "__wrapped__") and "step" not in vars(optimizer)
+            and not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+            and not _optim._global_optimizer_pre_hooks and not _optim._global_optimizer_post_hooks):
+        return step.__wrapped__.__get__(optimizer)
+    return optimizer.step
+
+
 def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
@@ -62,7 +76,7 @@ def base_directions(base: torch.optim.Optimizer, keep_state: bool, lr: float = P
     for group in base.param_groups:
         group["lr"] = lr
     try:
-        base.step()
+        unhooked_step(base)()
         steps = torch._foreach_sub(saved_params, with_grad)
         torch._foreach_div_(steps, lr)
         if state_after is not None:
