@@ -2,6 +2,7 @@
 
 import copy
 import io
+import math
 import pickle
 
 import pytest
@@ -11,6 +12,7 @@ from torch.func import vmap
 
 from metaopt.optim import LearnedOptimizer
 from metaopt.optim.functional.learned import (
+    MAX_DIRECTION,
     NUM_FEATURES,
     STEP_SCALE,
     initial_weights,
@@ -57,10 +59,12 @@ def test_the_class_takes_the_functional_cores_steps():
 
 
 def test_initial_weights_take_a_sign_step_of_a_tenth_of_the_scale_first():
-    """At step 1: m(β=0.9) = 0.1·g and √v̂ = |g|, so the skip path reads 0.1·sign(g): p ← p − 1e-3·0.1·sign(g)."""
+    """At step 1: m(β=0.9) = 0.1·g and √v̂ = |g|, so the skip path reads 0.1·sign(g), the soft bound
+    B·tanh(0.1/B) of it, times exp(0) from the zero magnitude output."""
     p, g = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
     (new,), _ = learned((p,), (g,), learned_init((p,)), weights=initial_weights((32,), dtype=torch.float64))
-    torch.testing.assert_close(new, p - STEP_SCALE * 0.1 * torch.sign(g), rtol=0, atol=1e-9)  # ε = 1e-8 in √v̂ + ε
+    direction = MAX_DIRECTION * math.tanh(0.1 / MAX_DIRECTION)
+    torch.testing.assert_close(new, p - STEP_SCALE * direction * torch.sign(g), rtol=0, atol=1e-9)  # ε in √v̂ + ε
 
 
 def test_gradients_through_an_unroll_match_finite_differences():

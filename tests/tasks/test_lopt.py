@@ -137,3 +137,21 @@ def test_bad_input():
         LearnedOptimizerTraining(tasks="validation")
     with pytest.raises(ValueError, match=r"invalid task\.hidden: \[0\]"):
         LearnedOptimizerTraining(hidden=[0])
+
+
+def test_meta_training_is_reproducible_from_its_seed():
+    """Same seeds, same weights, bit for bit: the shipped weights are reproducible from their run."""
+    tasks = [t for t in digits_tasks("train") if t.name in ("mlp_tanh_32_b32", "conv8_relu_b64")]
+    thetas = []
+    for _ in range(2):
+        problem = LearnedOptimizerTraining(tasks, horizon=8, hidden=[8])
+        estimator = PES(problem, num_particles=4, truncation_length=4, sigma=0.03, seed=5)
+        theta = torch.nn.Parameter(problem.initial_theta())
+        optimizer = torch.optim.Adam([theta], lr=0.03)
+        for _ in range(4):
+            gradient, _ = estimator.estimate(theta.detach())
+            optimizer.zero_grad()
+            theta.grad = gradient
+            optimizer.step()
+        thetas.append(theta.detach().clone())
+    assert torch.equal(thetas[0], thetas[1]) and not torch.equal(thetas[0], problem.initial_theta())

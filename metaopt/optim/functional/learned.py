@@ -17,15 +17,17 @@ decays ``MOMENTUM_DECAYS`` and a second moment ``v`` (decay ``SECOND_MOMENT_DECA
 
 The MLP (``hidden`` ReLU layers) outputs a direction ``d`` and a log-magnitude ``s``; the update is
 
-    p ← p − lr · d · exp(min(s, MAX_LOG_MAGNITUDE)) · STEP_SCALE
+    p ← p − lr · B·tanh(d/B) · exp(S·tanh(s/S)) · STEP_SCALE,    B = MAX_DIRECTION, S = MAX_LOG_MAGNITUDE
 
-(the cap bounds the step multiplier at e⁴ ≈ 55 on inputs unlike those of meta-training).
-Where this differs from the anchor: the magnitude is ``exp(s)`` (the anchor's ``exp(0.001·s)·0.001``
-needs outputs in the thousands to move the step size, which an ES outer loop with a small σ cannot
-reach); and the output layer has a linear skip path from the features, so that the weights from
-``initial_weights`` (hidden-to-output weights zero, the skip reading ``m_2/(√v̂+ε)``) start meta-training
-as Adam with β₁ = ``MOMENTUM_DECAYS[1]`` and lr ``STEP_SCALE`` rather than as noise. ``lr`` is a plain
-multiplier of the step (what LR schedulers act on; 1 by default).
+Where this differs from the anchor (``p − d·exp(0.001·s)·0.001``): the magnitude is ``exp(s)`` (the
+anchor's needs outputs in the thousands to move the step size, which an ES outer loop with a small σ
+cannot reach); both outputs are softly bounded (identity near 0), so that inputs unlike those of
+meta-training (a deeper net, a longer run) cannot produce an unbounded step: every element moves at most
+``B·e^S·STEP_SCALE`` per step (weights meta-trained without the bounds diverged on held-out nets); and the
+output layer has a linear skip path from the features, so that the weights from ``initial_weights``
+(hidden-to-output weights zero, the skip reading ``m_2/(√v̂+ε)``) start meta-training as Adam with
+β₁ = ``MOMENTUM_DECAYS[1]`` and lr ``STEP_SCALE`` (without bias correction of the momentum) rather than as
+noise. ``lr`` is a plain multiplier of the step (what LR schedulers act on; 1 by default).
 
 The weights θ are one flat tensor (``weights``), the layout given by ``layout(hidden)``, so that ES
 perturbs them as one vector and ``torch.func.vmap`` batches them over particles. All tensors of a call
@@ -42,13 +44,15 @@ import torch
 from metaopt.optim.functional._utils import Tensors, sqrt, step_count
 
 __all__ = ["LearnedState", "learned_init", "learned", "layout", "initial_weights", "num_weights",
-           "NUM_FEATURES", "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "TIMESCALES", "STEP_SCALE"]
+           "NUM_FEATURES", "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "TIMESCALES", "STEP_SCALE",
+           "MAX_DIRECTION", "MAX_LOG_MAGNITUDE"]
 
 MOMENTUM_DECAYS = (0.5, 0.9, 0.99)
 SECOND_MOMENT_DECAY = 0.999
 TIMESCALES = (1.0, 3.0, 10.0, 30.0)
-MAX_LOG_MAGNITUDE = 4.0
-STEP_SCALE = 1e-3
+MAX_LOG_MAGNITUDE = 3.0   # S: the step multiplier stays in [e^-3, e^3]
+MAX_DIRECTION = 3.0       # B: |direction| < 3
+STEP_SCALE = 3e-3
 EPS = 1e-8
 CHUNK = 16384  # rows of the MLP per block
 _NORMALISED = 3 + len(MOMENTUM_DECAYS)          # g, p, m_k, √v̂ (RMS-normalised per tensor)
@@ -181,6 +185,8 @@ def learned(
     flush()
     new_params = []
     for p, out in zip(params, steps):
-        step_size = out[0] * torch.exp(out[1].clamp(max=MAX_LOG_MAGNITUDE)) * (STEP_SCALE * lr)
+        direction = MAX_DIRECTION * torch.tanh(out[0] / MAX_DIRECTION)
+        magnitude = torch.exp(MAX_LOG_MAGNITUDE * torch.tanh(out[1] / MAX_LOG_MAGNITUDE))
+        step_size = direction * magnitude * (STEP_SCALE * lr)
         new_params.append(p - step_size.view(p.shape).to(p.dtype))
     return tuple(new_params), LearnedState(tuple(momenta), tuple(seconds), step)

@@ -42,6 +42,7 @@ def digits_tasks(which: str = "train") -> list[InnerTask]:
             InnerTask("mlp_tanh_64_b128", _classifier(data, mlp(hidden_sizes=[64], activation="tanh"), 128)),
             InnerTask("mlp_relu_32x2_b64", _classifier(data, mlp(hidden_sizes=[32, 32], activation="relu"), 64)),
             InnerTask("mlp_relu_64x2_b128", _classifier(data, mlp(hidden_sizes=[64, 64], activation="relu"), 128)),
+            InnerTask("mlp_relu_32x3_b32", _classifier(data, mlp(hidden_sizes=[32, 32, 32], activation="relu"), 32)),
             InnerTask("conv8_relu_b64", _classifier(data, functools.partial(ConvNet, channels=8), 64)),
             InnerTask("autoencoder_32_8_32", Autoencoder(data, mlp(hidden_sizes=[32, 8, 32], activation="tanh"),
                                                          batch_size=64)),
