@@ -31,10 +31,11 @@ def draft_sample(eps_fn: Denoiser, chain: DDIMChain, noise: Tensor, truncation_l
     require("truncation_length", truncation_length, isinstance(truncation, int) and 1 <= truncation <= steps,
             f"null (full DRaFT) or an integer in [1, {steps}] (the number of sampling steps)")
     x = noise
-    with torch.no_grad():
-        for index in range(steps - truncation):
-            x, _ = ddim_step(eps_fn(x, chain.timesteps[index]), x, chain.alphas[index], chain.alphas_prev[index])
-    x = x.detach()
+    if truncation < steps:
+        with torch.no_grad():
+            for index in range(steps - truncation):
+                x, _ = ddim_step(eps_fn(x, chain.timesteps[index]), x, chain.alphas[index], chain.alphas_prev[index])
+        x = x.detach()
     for index in range(steps - truncation, steps):
         x, _ = ddim_step(_eps(eps_fn, x, chain.timesteps[index], checkpoint), x, chain.alphas[index],
                          chain.alphas_prev[index])

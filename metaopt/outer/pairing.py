@@ -37,7 +37,8 @@ class PairingError(ValueError):
 
 
 def task_kind(task_type: type | None) -> str | None:
-    """``supervised``, ``game``, ``bilevel``, ``unrolled`` or ``diffusion``; ``None`` when unknown (e.g. a factory function)."""
+    """``supervised``, ``game``, ``bilevel``, ``unrolled`` or ``diffusion``; ``None`` when unknown (e.g. a
+    factory function)."""
     if not isinstance(task_type, type):
         return None
     return next((kind for kind, base in KINDS.items() if issubclass(task_type, base)), None)
