@@ -24,16 +24,16 @@ def antithetic_es_gradient(params: Sequence[Tensor], objective: Callable[[], flo
     require("num_pairs", num_pairs, isinstance(num_pairs, int) and num_pairs >= 1, "a positive integer")
     require("sigma", sigma, isinstance(sigma, (int, float)) and sigma > 0, "a number > 0")
     gradient = [torch.zeros_like(p) for p in params]
+    centre = [p.clone() for p in params]
     for _ in range(num_pairs):
         perturbation = [sigma * torch.randn(p.shape, generator=generator, device=p.device) for p in params]
-        for p, e in zip(params, perturbation):
-            p.add_(e)
-        plus = objective()
-        for p, e in zip(params, perturbation):
-            p.sub_(2 * e)
-        minus = objective()
-        for p, e in zip(params, perturbation):
-            p.add_(e)
+        scores = []
+        for sign in (1.0, -1.0):
+            for p, c, e in zip(params, centre, perturbation):
+                torch.add(c, e, alpha=sign, out=p)
+            scores.append(objective())
         for g, e in zip(gradient, perturbation):
-            g.add_(e, alpha=(plus - minus) / (2 * num_pairs * sigma ** 2))
+            g.add_(e, alpha=(scores[0] - scores[1]) / (2 * num_pairs * sigma ** 2))
+    for p, c in zip(params, centre):  # exactly the values it was called with
+        p.copy_(c)
     return gradient
