@@ -6,6 +6,12 @@ TINY = dict(pretrain_steps=40, classifier_steps=150, num_inference_steps=4, batc
 
 
 @pytest.fixture
+def tiny():
+    """The tiny task's arguments."""
+    return dict(TINY)
+
+
+@pytest.fixture
 def tiny_task(diffusion_cache, one_thread):
     pytest.importorskip("diffusers")
     pytest.importorskip("peft")
