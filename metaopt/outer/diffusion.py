@@ -34,8 +34,8 @@ class DiffusionLoop:
     def optimizer_refusal(cls, optimizer: type, kind: str | None, outer: Any = None) -> str | None:
         if getattr(optimizer, "meta_step", None) is not None:
             return (f"{cls.name} with {optimizer.__name__}: its meta-step needs a supervised model and batches, "
-                    "which a diffusion fine-tuning task has none of (train the LoRA adapters with adam, sgd, "
-                    "adamw, rmsprop, …)")
+                    "which a diffusion fine-tuning task has none of (use adam, sgd, adamw, rmsprop, … to train "
+                    "the LoRA adapters)")
         return None
 
     def __init__(self, task: DiffusionTask, optimizer: Callable, steps: int, eval_every: int, lora_rank: int,

@@ -1,5 +1,6 @@
 """Every inner problem, in one place: supervised tasks, unrolled problems (whole training runs and
-synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients), games and diffusion fine-tuning tasks."""
+synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients), games and
+diffusion fine-tuning tasks."""
 
 from metaopt.tasks import data
 from metaopt.tasks.arrays import from_arrays
