@@ -114,12 +114,15 @@ class DigitsDiffusion(DiffusionTask):
         scheduler.set_timesteps(self.num_inference_steps)
         return scheduler
 
+    def build_unet(self) -> nn.Module:
+        """The UNet of this config, untrained."""
+        return _diffusers().UNet2DModel(**self._unet_config)
+
     def pretrained_unet(self) -> nn.Module:
-        diffusers = _diffusers()
         if self._unet_state is None:
             def build() -> dict[str, Tensor]:
                 torch.manual_seed(self.seed)
-                unet = diffusers.UNet2DModel(**self._unet_config)
+                unet = self.build_unet()
                 inputs, _ = self._training_images()
                 images = inputs.view(-1, *self.image_shape) * 2 - 1
                 alphas = self.scheduler().alphas_cumprod.float()
@@ -128,7 +131,7 @@ class DigitsDiffusion(DiffusionTask):
 
             key = {"unet": self._unet_config, "pretrain": self._pretrain, "data": "sklearn-digits-train"}
             self._unet_state = cached_state("digits_ddpm", key, build)
-        unet = diffusers.UNet2DModel(**self._unet_config)
+        unet = self.build_unet()
         unet.load_state_dict(copy.deepcopy(self._unet_state))
         return unet.to(self.device).eval().requires_grad_(False)
 
