@@ -102,6 +102,7 @@ class DigitsDiffusion(DiffusionTask):
         self._classifier_steps = classifier_steps
         self._unet_state: dict[str, Tensor] | None = None
         self._classifier: DigitClassifier | None = None
+        self._data: Tensor | None = None
 
     def _training_images(self) -> tuple[Tensor, Tensor]:
         train = load_digits().train
@@ -152,15 +153,25 @@ class DigitsDiffusion(DiffusionTask):
         return self._reward.score(images, self.classifier, self.target_digit)
 
     def metrics(self, images: Tensor) -> dict[str, float]:
-        """The reward, the target-digit accuracy and the diversity of the classifier's labels (entropy of
-        their histogram, in nats; log 10 ≈ 2.30 when all digits are equally frequent)."""
+        """The reward, the target-digit accuracy, the diversity of the classifier's labels (entropy of their
+        histogram, in nats; log 10 ≈ 2.30 when all digits are equally frequent) and ``data_distance``: the
+        RMS pixel distance (in [-1, 1]) from each sample to its nearest training digit, averaged, which grows
+        when fine-tuning hacks the reward with images unlike any digit (held-out digits: about 0.3)."""
         with torch.no_grad():
             labels = self.classifier(to_unit(images)).argmax(-1)
             histogram = torch.bincount(labels, minlength=10).float() / len(labels)
             entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
             return {"reward": self.reward(images).mean().item(),
                     "accuracy": (labels == self.target_digit).float().mean().item(),
-                    "class_entropy": entropy.item()}
+                    "class_entropy": max(entropy.item(), 0.0),
+                    "data_distance": self.data_distance(images)}
+
+    def data_distance(self, images: Tensor) -> float:
+        """Mean over ``images`` of the RMS distance to the nearest training digit (both in [-1, 1])."""
+        if self._data is None:
+            self._data = (self._training_images()[0] * 2 - 1).to(self.device)
+        distances = torch.cdist(images.flatten(1).to(self._data.dtype), self._data)
+        return (distances.min(1).values / images[0].numel() ** 0.5).mean().item()
 
     def class_histogram(self, images: Tensor) -> list[int]:
         with torch.no_grad():
