@@ -11,7 +11,7 @@ def test_ddim_step_matches_diffusers_scheduler(tiny_task, eta):
     unet = tiny_task.pretrained_unet()
     scheduler = tiny_task.scheduler()
     chain = DDIMChain.from_scheduler(scheduler)
-    assert chain.timesteps == [750, 500, 250, 0]
+    assert chain.timesteps == [999, 749, 499, 249]
     eps = denoiser(unet)
     x_ours = x_theirs = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(2)

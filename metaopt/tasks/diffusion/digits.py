@@ -109,9 +109,12 @@ class DigitsDiffusion(DiffusionTask):
         return train.inputs, train.targets
 
     def scheduler(self) -> Any:
-        # clip_sample=False: the sampler's step is the plain DDIM update, differentiable everywhere
+        # clip_sample=False: the sampler's step is the plain DDIM update, differentiable everywhere.
+        # "trailing" spacing starts at the last training timestep (pure noise) and ends at T/steps − 1, so the
+        # last step denoises a truly noisy x₁ (Lin et al., 2024, Sec. 3.3), the step DRaFT-K/LV train on.
         scheduler = _diffusers().DDIMScheduler(num_train_timesteps=self._pretrain["num_train_timesteps"],
-                                               clip_sample=False, set_alpha_to_one=True)
+                                               clip_sample=False, set_alpha_to_one=True,
+                                               timestep_spacing="trailing")
         scheduler.set_timesteps(self.num_inference_steps)
         return scheduler
 
