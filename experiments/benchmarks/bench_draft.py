@@ -125,10 +125,12 @@ def _tables(available: list[str], quick: bool) -> list[dict]:
          "columns": ["device", "batch", "DDIM steps", "saved MiB (no ckpt)", "peak MiB (no ckpt)",
                      "saved MiB (ckpt)", "peak MiB (ckpt)", "saved: no ckpt / ckpt"],
          "rows": memory_rows,
-         "notes": "saved: bytes autograd keeps for the backward pass (saved_tensors_hooks); with checkpointing only "
-                  "each UNet call's inputs and the DDIM updates' tensors stay, so it grows by a few KiB per step "
-                  "instead of a whole UNet's activations. peak: CUDA max_memory_allocated above the model (nan on "
-                  "CPU)."},
+         "notes": "saved: bytes autograd keeps for the backward pass (saved_tensors_hooks); with checkpointing the "
+                  "UNet calls' activations are dropped and recomputed one call at a time in the backward pass (its "
+                  "peak adds one call's activations, about the no-checkpoint figure divided by the steps), and "
+                  "what stays grows by a few KiB per step (the DDIM updates' tensors; the checkpoints' own inputs, "
+                  "one x per step, are not seen by the hook). peak: CUDA max_memory_allocated above the model "
+                  "(nan on CPU)."},
     ]
 
 

@@ -68,7 +68,7 @@ def run_method(name: str, build, task: DigitsDiffusion, steps: int, eval_every: 
             "grids": {str(k): image_grid(v).tolist() for k, v in scales.items()}}
 
 
-def plot(results: dict, folder: Path, name: str, reward: str) -> None:
+def plot(results: dict, folder: Path, prefix: str, reward: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +90,7 @@ def plot(results: dict, folder: Path, name: str, reward: str) -> None:
         axis.set_title(title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / f"{name}_reward_vs_queries.png", dpi=100)
+    fig.savefig(folder / f"{prefix}_reward_vs_queries.png", dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(len(results), 3, figsize=(9, 3.2 * len(results)))
@@ -102,7 +102,7 @@ def plot(results: dict, folder: Path, name: str, reward: str) -> None:
                            fontsize=8)
             axis.axis("off")
     fig.tight_layout()
-    fig.savefig(folder / f"{name}_samples_by_lora_scale.png", dpi=90)
+    fig.savefig(folder / f"{prefix}_samples_by_lora_scale.png", dpi=90)
     plt.close(fig)
 
 
