@@ -79,25 +79,32 @@ def test_resume_continues_exactly(tiny_task, tiny):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-VARIANTS = {
-    "draft": lambda task: DRaFTLoop(task, _adam(), variant="full", eval_samples=16),
-    "draft_k1": lambda task: DRaFTLoop(task, _adam(), variant="truncated", truncation_length=1, eval_samples=16),
-    "draft_lv": lambda task: DRaFTLoop(task, _adam(), variant="lv", eval_samples=16),
-    "ddpo": lambda task: DDPOLoop(task, _adam(3e-2), eval_samples=16),
-    "es": lambda task: DiffusionESLoop(task, _adam(3e-2), num_pairs=4, sigma=0.05, eval_samples=16),
+VARIANTS = {  # (loop, steps); DDPO's 8-sample policy gradient is the noisiest: more steps
+    "draft": (lambda task: DRaFTLoop(task, _adam(), variant="full", eval_samples=16), 8),
+    "draft_k1": (lambda task: DRaFTLoop(task, _adam(), variant="truncated", truncation_length=1, eval_samples=16), 8),
+    "draft_lv": (lambda task: DRaFTLoop(task, _adam(), variant="lv", eval_samples=16), 8),
+    "ddpo": (lambda task: DDPOLoop(task, _adam(), eval_samples=16), 12),
+    "es": (lambda task: DiffusionESLoop(task, _adam(3e-2), num_pairs=4, sigma=0.05, eval_samples=16), 8),
 }
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_a_short_run_raises_the_reward(tiny_task, tiny, variant):
+    """The mean pixel intensity (bounded: pixels clamped to [0, 1]) of the evaluation samples, before and after
+    a few steps, averaged over two seeds."""
     from metaopt.tasks.diffusion import DigitsDiffusion
 
     task = DigitsDiffusion(**tiny, reward="ink")
-    torch.manual_seed(0)
-    loop = VARIANTS[variant](task)
-    before = loop.evaluate()["eval_reward"]
-    assert before == pytest.approx(task.metrics(loop.samples(0.0))["reward"])  # LoRA starts as the identity
-    rewards = [loop.step()["train_reward"] for _ in range(8)]
-    after = loop.evaluate()["eval_reward"]
-    assert after > before + 0.02, (before, after, rewards)
-    assert loop.reward_queries > 0
+    build, steps = VARIANTS[variant]
+    gains = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        loop = build(task)
+        loop.generator.manual_seed(seed)
+        before = loop.evaluate()["eval_reward"]
+        assert before == pytest.approx(task.metrics(loop.samples(0.0))["reward"])  # LoRA starts as the identity
+        for _ in range(steps):
+            loop.step()
+        gains.append(loop.evaluate()["eval_reward"] - before)
+        assert loop.reward_queries > 0
+    assert sum(gains) / len(gains) > 0.05, gains

@@ -68,13 +68,14 @@ def _symmetry(images: Tensor, classifier: nn.Module, target: int) -> Tensor:
 
 
 def _ink(images: Tensor, classifier: nn.Module, target: int) -> Tensor:
-    return to_unit(images).mean(1)
+    # clamped: a pixel brighter than white is no more ink (and the reward stays bounded)
+    return to_unit(images).clamp(0, 1).mean(1)
 
 
 REWARDS = {
     "digit_logprob": Reward(_digit_logprob, True, "the classifier's log-probability of target_digit"),
     "symmetry": Reward(_symmetry, True, "minus the mean squared left-right asymmetry"),
-    "ink": Reward(_ink, True, "the mean pixel intensity in [0, 1]"),
+    "ink": Reward(_ink, True, "the mean pixel intensity, each pixel clamped to [0, 1]"),
     "digit_accuracy": Reward(_digit_accuracy, False, "1 where the classifier's arg-max is target_digit"),
 }
 
