@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metaopt.diffusion.sampler import DDIMChain, Denoiser, ddim_step, gaussian_log_prob
+from metaopt.diffusion.sampler import DDIMChain, Denoiser, ddim_step, gaussian_log_prob, randn
 
 __all__ = ["Trajectory", "sample_trajectory", "step_log_prob", "normalized_advantages", "ppo_loss"]
 
@@ -31,7 +31,7 @@ def sample_trajectory(eps_fn: Denoiser, chain: DDIMChain, noise: Tensor, eta: fl
     x = noise
     for index, t in enumerate(chain.timesteps):
         std = chain.step_std(index, eta)
-        step_noise = torch.randn(x.shape, generator=generator, device=x.device) if std > 0 else None
+        step_noise = randn(x.shape, generator, x.device) if std > 0 else None
         x, mean = ddim_step(eps_fn(x, t), x, chain.alphas[index], chain.alphas_prev[index], std, step_noise)
         states.append(x)
         log_probs.append(gaussian_log_prob(x, mean, std) if std > 0 else None)

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as checkpointed
 
 from metaopt.checks import require
-from metaopt.diffusion.sampler import DDIMChain, Denoiser, ddim_step
+from metaopt.diffusion.sampler import DDIMChain, Denoiser, ddim_step, randn
 
 __all__ = ["draft_sample", "draft_lv_sample"]
 
@@ -56,7 +56,7 @@ def draft_lv_sample(eps_fn: Denoiser, chain: DDIMChain, noise: Tensor, num_noise
     clean = x.detach()
     last = len(chain) - 1
     alpha, alpha_prev = chain.alphas[last], chain.alphas_prev[last]
-    fresh = torch.randn((num_noises, *clean.shape), generator=generator, device=clean.device)
+    fresh = randn((num_noises, *clean.shape), generator, clean.device)
     renoised = (alpha ** 0.5 * clean + (1 - alpha) ** 0.5 * fresh).flatten(0, 1)
     denoised, _ = ddim_step(_eps(eps_fn, renoised, chain.timesteps[last], checkpoint), renoised, alpha, alpha_prev)
     return denoised, clean

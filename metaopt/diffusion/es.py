@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from metaopt.checks import require
+from metaopt.diffusion.sampler import randn
 
 __all__ = ["antithetic_es_gradient"]
 
@@ -26,7 +27,7 @@ def antithetic_es_gradient(params: Sequence[Tensor], objective: Callable[[], flo
     gradient = [torch.zeros_like(p) for p in params]
     centre = [p.clone() for p in params]
     for _ in range(num_pairs):
-        perturbation = [sigma * torch.randn(p.shape, generator=generator, device=p.device) for p in params]
+        perturbation = [sigma * randn(p.shape, generator, p.device) for p in params]
         scores = []
         for sign in (1.0, -1.0):
             for p, c, e in zip(params, centre, perturbation):

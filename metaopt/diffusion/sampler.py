@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DDIMChain", "Denoiser", "denoiser", "ddim_step", "gaussian_log_prob", "sample"]
+__all__ = ["DDIMChain", "Denoiser", "denoiser", "ddim_step", "gaussian_log_prob", "sample", "randn"]
 
 Denoiser = Callable[[Tensor, int], Tensor]
 
@@ -43,6 +43,13 @@ class DDIMChain(NamedTuple):
         """σ_t(η) = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_prev) (Song et al., 2021, Eq. 16)."""
         alpha, alpha_prev = self.alphas[index], self.alphas_prev[index]
         return eta * math.sqrt((1 - alpha_prev) / (1 - alpha)) * math.sqrt(max(1 - alpha / alpha_prev, 0.0))
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """Standard normal noise drawn on ``generator``'s device (a CPU generator also feeds a GPU run, with the
+    same numbers), then moved to ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where).to(device)
 
 
 def denoiser(unet: nn.Module) -> Denoiser:
@@ -78,6 +85,6 @@ def sample(eps_fn: Denoiser, chain: DDIMChain, noise: Tensor, eta: float = 0.0,
     x = noise
     for index, t in enumerate(chain.timesteps):
         std = chain.step_std(index, eta)
-        step_noise = torch.randn(x.shape, generator=generator, device=x.device) if std > 0 else None
+        step_noise = randn(x.shape, generator, x.device) if std > 0 else None
         x, _ = ddim_step(eps_fn(x, t), x, chain.alphas[index], chain.alphas_prev[index], std, step_noise)
     return x

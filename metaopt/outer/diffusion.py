@@ -12,7 +12,7 @@ from torch import Tensor
 
 from metaopt.checks import require
 from metaopt.diffusion.lora import add_lora, set_lora_scale
-from metaopt.diffusion.sampler import DDIMChain, denoiser, sample
+from metaopt.diffusion.sampler import DDIMChain, denoiser, randn, sample
 from metaopt.tasks.diffusion.base import DiffusionTask
 
 __all__ = ["DiffusionLoop"]
@@ -74,7 +74,7 @@ class DiffusionLoop:
 
     def draw_noise(self, batch: int | None = None) -> Tensor:
         shape = (batch or self.task.batch_size, *self.task.image_shape)
-        return torch.randn(shape, generator=self.generator).to(self.task.device)
+        return randn(shape, self.generator, self.task.device)
 
     def samples(self, scale: float | None = None) -> Tensor:
         """Deterministic DDIM samples of the fixed evaluation noise at LoRA scale ``scale``."""
