@@ -2,7 +2,9 @@
 
 Drop-in optimizers (``metaopt.optim``), tasks (``metaopt.tasks``), games (``metaopt.games``), outer
 loops (``metaopt.outer``), gradient estimators for unrolled computation graphs (``metaopt.unrolled``),
-bilevel outer loops (``metaopt.bilevel``) and a Hydra experiment runner (``python -m metaopt.run``).
+bilevel outer loops (``metaopt.bilevel``), reward fine-tuning of diffusion models (``metaopt.diffusion``:
+DRaFT, DDPO, ES; diffusers and peft are the optional ``diffusion`` extra) and a Hydra experiment runner
+(``python -m metaopt.run``).
 
 The subpackages are imported on first use (PEP 562), so that ``import metaopt.optim`` costs torch and
 the optimizers only, and the runner's ``--help`` does not wait for every task to load.
@@ -11,7 +13,7 @@ the optimizers only, and the runner's ``--help`` does not wait for every task to
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["bilevel", "games", "optim", "outer", "tasks", "unrolled", "__version__"]
+__all__ = ["bilevel", "diffusion", "games", "optim", "outer", "tasks", "unrolled", "__version__"]
 _SUBPACKAGES = frozenset(__all__) - {"__version__"}
 
 

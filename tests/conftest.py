@@ -47,3 +47,17 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None, **kwargs)
     full_env = {**subprocess_env(), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaopt.run", *args], cwd=kwargs.pop("cwd", REPO),
                           capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def diffusion_cache(tmp_path_factory):
+    """A session-wide ``$METAOPT_CACHE`` in a tmp folder: the tiny digits DDPMs and classifiers the diffusion
+    tests pretrain are cached there (once per config), never in the user's cache."""
+    path = tmp_path_factory.mktemp("metaopt_cache")
+    previous = os.environ.get("METAOPT_CACHE")
+    os.environ["METAOPT_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("METAOPT_CACHE", None)
+    else:
+        os.environ["METAOPT_CACHE"] = previous

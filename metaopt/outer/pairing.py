@@ -13,19 +13,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from metaopt.tasks.bilevel.problem import BilevelProblem
+from metaopt.tasks.diffusion.base import DiffusionTask
 from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.unrolled.problem import UnrolledProblem
 
 __all__ = ["PairingError", "check_pairing", "task_kind", "target_class", "LOOPS_FOR"]
 
-KINDS = {"supervised": SupervisedTask, "game": Game, "bilevel": BilevelProblem, "unrolled": UnrolledProblem}
+KINDS = {"supervised": SupervisedTask, "game": Game, "bilevel": BilevelProblem, "unrolled": UnrolledProblem,
+         "diffusion": DiffusionTask}
 ES_LOOPS = "an ES/TBPTT loop (outer=pes, es_single, truncated_es, full_es, tbptt)"
 LOOPS_FOR = {
     "supervised": f"outer=none or outer=apo to train it, {ES_LOOPS} to tune its optimizer's hyperparameters",
     "game": f"outer=game to play it, outer=grr for diverse solutions, {ES_LOOPS} to tune the players' optimizer",
     "bilevel": "outer=bilevel_cold or outer=bilevel_warm",
     "unrolled": ES_LOOPS,
+    "diffusion": "outer=draft (DRaFT, DRaFT-K, DRaFT-LV), outer=ddpo or outer=draft_es to fine-tune it on its reward",
 }
 
 
@@ -34,7 +37,8 @@ class PairingError(ValueError):
 
 
 def task_kind(task_type: type | None) -> str | None:
-    """``supervised``, ``game``, ``bilevel`` or ``unrolled``; ``None`` when unknown (e.g. a factory function)."""
+    """``supervised``, ``game``, ``bilevel``, ``unrolled`` or ``diffusion``; ``None`` when unknown (e.g. a
+    factory function)."""
     if not isinstance(task_type, type):
         return None
     return next((kind for kind, base in KINDS.items() if issubclass(task_type, base)), None)

@@ -1,5 +1,6 @@
 """Every inner problem, in one place: supervised tasks, unrolled problems (whole training runs and
-synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients) and games."""
+synthetic systems, for the ES/TBPTT estimators), bilevel problems (for hypergradients), games and
+diffusion fine-tuning tasks."""
 
 from metaopt.tasks import data
 from metaopt.tasks.arrays import from_arrays
@@ -11,6 +12,7 @@ from metaopt.tasks.bilevel import (
     PerParameterL2,
     SupervisedBilevelProblem,
 )
+from metaopt.tasks.diffusion import DiffusionTask, DigitsDiffusion
 from metaopt.tasks.games import (
     BilinearGame,
     Game,
@@ -37,4 +39,4 @@ __all__ = ["SupervisedTask", "LinearRegression", "MLP", "data", "Autoencoder",
            "UnrolledProblem", "ParticleState", "TrainingRun", "GameRun", "InfluenceBalancing", "Toy2DSchedule",
            "BilevelProblem", "SupervisedBilevelProblem", "PerParameterL2", "DatasetDistillation",
            "LearnedAugmentation", "Game", "Vector", "game_step", "QuadraticGame", "BilinearGame", "MixedGame",
-           "GANMixture", "IteratedPrisonersDilemma", "from_arrays"]
+           "GANMixture", "IteratedPrisonersDilemma", "from_arrays", "DiffusionTask", "DigitsDiffusion"]

@@ -15,9 +15,14 @@ from metaopt.run import run
 CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 OUTERS = ["none", "apo", "game", "grr", "tbptt", "full_es", "truncated_es", "pes", "es_single", "bilevel_cold",
-          "bilevel_warm"]
+          "bilevel_warm", "draft", "ddpo", "draft_es"]
 ES = ["tbptt", "full_es", "truncated_es", "pes", "es_single"]
 APO = ["apo_lr", "apo_precond"]
+DIFFUSION = ["draft", "ddpo", "draft_es"]
+# a DDPM pretrained for a few steps (cached in a session tmp folder), 2 DDIM steps, 2 images a step
+TINY_DIFFUSION = ["outer.steps=2", "outer.eval_every=0", "outer.eval_samples=4", "task.pretrain_steps=5",
+                  "task.pretrain_batch_size=8", "task.classifier_steps=5", "task.num_inference_steps=2",
+                  "task.batch_size=2"]
 
 # Tiny settings of each kind of loop (the defaults otherwise).
 TINY = {
@@ -30,18 +35,24 @@ TINY = {
        for es in ES},
     "bilevel_cold": ["outer.steps=2", "outer.eval_every=0", "outer.inner_steps=3", "outer.retrain_steps=3"],
     "bilevel_warm": ["outer.steps=2", "outer.eval_every=0", "outer.inner_steps=3", "outer.retrain_steps=3"],
+    "draft": TINY_DIFFUSION + ["outer.variant=truncated", "outer.truncation_length=1"],
+    "ddpo": TINY_DIFFUSION,
+    "draft_es": TINY_DIFFUSION + ["outer.num_pairs=1"],
 }
 # The task of each kind: supervised for plain/APO training and the ES loops, a game for outer=game and the
 # ES loops (a whole game run is an unrolled problem too), a bilevel problem for the bilevel loops.
 TASKS = {"none": ["digits_mlp"], "apo": ["digits_mlp"], "game": ["bilinear_game"], "grr": ["ipd"],
          **{es: ["digits_mlp", "bilinear_game"] for es in ES},
-         "bilevel_cold": ["digits_l2"], "bilevel_warm": ["digits_l2"]}
+         "bilevel_cold": ["digits_l2"], "bilevel_warm": ["digits_l2"],
+         **{diffusion: ["digits_diffusion"] for diffusion in DIFFUSION}}
 
 
 def expected_refusal(optimizer: str, outer: str, task: str) -> str | None:
     """The message a refused pairing must contain; ``None`` where it must run."""
     if optimizer not in APO:
         return None
+    if outer in DIFFUSION:
+        return "its meta-step needs a supervised model and batches, which a diffusion fine-tuning task"
     if outer in ES and task == "digits_mlp":  # APO's own hyperparameters, tuned over whole training runs
         return "TBPTT differentiates through the inner steps" if outer == "tbptt" else None
     return {"none": "never calls APO's meta_step", "apo": None, "game": "its meta-step needs a supervised model",
@@ -57,7 +68,7 @@ CASES = [(optimizer, outer, task) for outer in OUTERS for optimizer in OPTIMIZER
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("optimizer,outer,task", CASES, ids=[f"{o}-{l}-{t}" for o, l, t in CASES])
-def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_path):
+def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_path, diffusion_cache):
     overrides = [f"task={task}", f"optimizer={optimizer}", f"outer={outer}", "logger=none", "progress=false",
                  "name=matrix", *TINY[outer]]
     if outer == "apo" and optimizer not in APO:
@@ -75,6 +86,19 @@ def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged and all(math.isfinite(v) for record in logged for v in record.values()
                           if isinstance(v, float))
+
+
+NOT_DIFFUSION = [outer for outer in OUTERS if outer not in DIFFUSION]
+
+
+@pytest.mark.parametrize("outer", NOT_DIFFUSION)
+def test_the_other_loops_refuse_the_diffusion_task(outer, tmp_path):
+    overrides = ["task=digits_diffusion", f"outer={outer}", "logger=none", "progress=false", "name=matrix"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(PairingError, match=r"invalid pairing.*DigitsDiffusion is a diffusion task \(use outer=draft"):
+        run(cfg, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_matrix_covers_every_config():
