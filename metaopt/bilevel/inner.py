@@ -53,6 +53,8 @@ class InnerOptimizer:
         require("inner optimizer hyperparameters", unknown, not unknown,
                 f"the arguments of metaopt.optim.functional.{spec.functional.update.__name__}: {sorted(allowed)}")
         spec.check(hyperparameters, "optimizer")
+        if spec.prepare is not None:  # e.g. a learned optimizer's pretrained name to its weights
+            hyperparameters = spec.prepare(dict(hyperparameters))
         self.hyperparameters = dict(hyperparameters)
 
     differentiable = True
