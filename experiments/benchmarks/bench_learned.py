@@ -4,7 +4,7 @@ the floor the machine's matmul throughput sets for the same FLOPs.
 Same parameters (1M and 10M over 20 tensors), same gradients, same run, measurements interleaved, medians
 after a warm-up. The floor: ``torch.mm`` of the MLP's shapes on as many rows as there are elements
 ((n, F)·(F, H), then (n, H)·(H, 2) and the skip (n, F)·(F, 2)), the matmul FLOPs of one learned step.
-Target: within 2× of that floor.
+Target: within 2× of that floor, run in the same blocks of rows as the learned step.
 Run alone: ``python -m experiments.benchmarks.run --only learned``.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from metaopt.optim import LearnedOptimizer
-from metaopt.optim.functional.learned import NUM_FEATURES, initial_weights
+from metaopt.optim.functional.learned import CHUNK, NUM_FEATURES, initial_weights
 
 HIDDEN = 32
 TARGET = 2.0
@@ -61,23 +61,31 @@ def run(quick: bool = False, devices=("cpu",)) -> list[dict]:
             hidden = torch.mm(features, w1)
             return torch.mm(hidden, w2), torch.mm(features, skip)
 
-        for step in (learned.step, adam.step, floor):  # warm-up
+        def blocked_floor(features=features, w1=w1, w2=w2, skip=skip):
+            for block in features.split(CHUNK):  # the same matmuls in cache-sized blocks: peak throughput
+                torch.mm(torch.mm(block, w1), w2), torch.mm(block, skip)
+
+        steps = {"learned": learned.step, "adam": adam.step, "floor": floor, "blocked": blocked_floor}
+        for step in steps.values():  # warm-up
             step()
-        samples = {"learned": [], "adam": [], "floor": []}
+        samples = {name: [] for name in steps}
         for _ in range(3):
-            samples["learned"].append(_time(learned.step, repeats))
-            samples["adam"].append(_time(adam.step, repeats))
-            samples["floor"].append(_time(floor, repeats))
+            for name, step in steps.items():
+                samples[name].append(_time(step, repeats))
         ms = {k: 1000 * min(v) for k, v in samples.items()}
-        ratio = ms["learned"] / ms["floor"]
-        rows.append([f"{total // 1_000_000}M", ms["learned"], ms["adam"], ms["floor"], ratio,
-                     ms["learned"] / ms["adam"], f"≤ {TARGET:g}×: {'PASS' if ratio <= TARGET else 'FAIL'}"])
+        ratio = ms["learned"] / ms["blocked"]
+        rows.append([f"{total // 1_000_000}M", ms["learned"], ms["adam"], ms["floor"], ms["blocked"],
+                     ms["learned"] / ms["floor"], ratio, ms["learned"] / ms["adam"],
+                     f"≤ {TARGET:g}× blocked: {'PASS' if ratio <= TARGET else 'FAIL'}"])
     return [{"title": f"Learned optimizer step (CPU, hidden {HIDDEN}, {NUM_FEATURES} features, 20 tensors)",
-             "columns": ["parameters", "learned ms", "fused Adam ms", "matmul floor ms", "learned / floor",
-                         "learned / Adam", "target"],
+             "columns": ["parameters", "learned ms", "fused Adam ms", "mm floor ms", "blocked mm floor ms",
+                         "learned / mm", "learned / blocked mm", "learned / Adam", "target"],
              "rows": rows,
-             "notes": "ms: fastest of 3 interleaved medians. The floor is torch.mm of the MLP's matmuls over as "
-                      "many rows as elements (its FLOPs), without the features' elementwise work."}]
+             "notes": "ms: fastest of 3 interleaved medians. Floors: torch.mm of the MLP's matmuls over as many "
+                      "rows as elements (its FLOPs), without the features' elementwise work: in one call (mm, "
+                      "memory-bound at this width) and in the learned step's blocks of rows (blocked mm, the "
+                      "machine's matmul throughput; the target is against this one). A per-element MLP is ~1000 "
+                      "FLOPs an element against Adam's ~10: the ratio to fused Adam is what a user pays."}]
 
 
 if __name__ == "__main__":
