@@ -4,16 +4,15 @@ optimizer's state under the optimizer's functional core (``metaopt.optim.specs``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import jacfwd, vjp
-from torch.nn.utils.stateless import _reparametrize_module
+from torch.func import jacfwd
 
 from metaopt.checks import require
-from metaopt.tasks.games.game import UPDATES, Game
+from metaopt.tasks.games.game import UPDATES, Game, mover_gradients, players_at
 from metaopt.tasks.unrolled.tuning import optimizer_spec
 
 __all__ = ["GameDynamics"]
@@ -152,32 +151,14 @@ class GameDynamics:
         return params, states
 
     # -- the game -----------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def players_at(self, theta: torch.Tensor | Sequence[torch.Tensor]) -> Iterator[dict[str, nn.Module]]:
+    def players_at(self, theta: torch.Tensor | Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
         """The players with their parameters replaced by θ (a flat tensor or the parameter tensors)."""
         params = self.unflatten_params(theta) if isinstance(theta, torch.Tensor) else list(theta)
-        with contextlib.ExitStack() as stack:
-            for name, player in self.players.items():
-                values = params[self._slices[name]]
-                stack.enter_context(_reparametrize_module(player, dict(zip(self._names[name], values))))
-            yield self.players
+        return players_at(self.players, self._names, self._slices, params)
 
     def _gradients(self, params: Sequence[torch.Tensor], movers: list[str], generator) -> dict[str, tuple]:
         """Each mover's gradient of its own objective, all at ``params`` on one draw of the game's data."""
-        def objectives(*own):
-            full = list(params)
-            for name, values in zip(movers, own):
-                full[self._slices[name]] = values
-            with self.players_at(full) as players:
-                values = self.game.objectives(players, generator)
-            return tuple(values[name] for name in movers)
-
-        outputs, pullback = vjp(objectives, *(tuple(params[self._slices[name]]) for name in movers))
-        grads = {}
-        for i, name in enumerate(movers):
-            cotangents = tuple(torch.ones_like(o) if j == i else torch.zeros_like(o) for j, o in enumerate(outputs))
-            grads[name] = pullback(cotangents)[i]
-        return grads
+        return mover_gradients(self.game, self.players, self._names, self._slices, params, movers, generator)
 
     def play(self, params: Sequence[torch.Tensor], states: Sequence[Any],
              generator: torch.Generator) -> tuple[list, list]:

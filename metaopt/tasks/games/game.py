@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.func import vjp
+from torch.nn.utils.stateless import _reparametrize_module
 
 from metaopt.checks import require
 
-__all__ = ["Game", "Vector", "game_step", "UPDATES"]
+__all__ = ["Game", "Vector", "game_step", "UPDATES", "players_at", "mover_gradients"]
 
 UPDATES = ("simultaneous", "alternating")
 
@@ -85,3 +88,36 @@ def game_step(game: Game, players: Mapping[str, nn.Module], optimizers: Mapping[
         for name in movers:
             optimizers[name].step()
     return values
+
+
+@contextlib.contextmanager
+def players_at(players: Mapping[str, nn.Module], names: Mapping[str, Sequence[str]], slices: Mapping[str, slice],
+               params: Sequence[torch.Tensor]) -> Iterator[Mapping[str, nn.Module]]:
+    """The players with their parameters replaced by ``params`` (all players' tensors in order; player
+    ``name`` holds ``params[slices[name]]`` under its parameter ``names[name]``), restored afterwards."""
+    with contextlib.ExitStack() as stack:
+        for name, player in players.items():
+            stack.enter_context(_reparametrize_module(player, dict(zip(names[name], params[slices[name]]))))
+        yield players
+
+
+def mover_gradients(game: Game, players: Mapping[str, nn.Module], names: Mapping[str, Sequence[str]],
+                    slices: Mapping[str, slice], params: Sequence[torch.Tensor], movers: Sequence[str],
+                    generator: torch.Generator) -> dict[str, tuple]:
+    """Every mover's gradient of its own objective at ``params``, as ``game_step`` takes them: one evaluation
+    of the objectives (one draw of a stochastic game's data), one backward pass per mover (``torch.func.vjp``,
+    so that it composes with ``vmap`` and higher-order derivatives)."""
+    def objectives(*own):
+        full = list(params)
+        for name, values in zip(movers, own):
+            full[slices[name]] = values
+        with players_at(players, names, slices, full) as playing:
+            values = game.objectives(playing, generator)
+        return tuple(values[name] for name in movers)
+
+    outputs, pullback = vjp(objectives, *(tuple(params[slices[name]]) for name in movers))
+    grads = {}
+    for i, name in enumerate(movers):
+        cotangents = tuple(torch.ones_like(o) if j == i else torch.zeros_like(o) for j, o in enumerate(outputs))
+        grads[name] = pullback(cotangents)[i]
+    return grads

@@ -3,17 +3,15 @@ hyperparameters (learning rate, momentum, the angle of complex momentum, …).""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.func import vjp, vmap
-from torch.nn.utils.stateless import _reparametrize_module
+from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from metaopt.checks import require
-from metaopt.tasks.games.game import UPDATES, Game
+from metaopt.tasks.games.game import UPDATES, Game, mover_gradients, players_at
 from metaopt.tasks.unrolled.tuning import TunedHyperparameters, TunedRun, optimizer_spec
 
 __all__ = ["GameRun"]
@@ -72,32 +70,12 @@ class GameRun(TunedRun):
         self._step = vmap(self._step_one, in_dims=(0, 0, 0, None), randomness="same")
 
     # -- dynamics --------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _playing(self, params: Sequence[torch.Tensor]):
         """The players with their parameters replaced by ``params`` (all players' tensors, in order)."""
-        with contextlib.ExitStack() as stack:
-            for name, player in self.players.items():
-                values = params[self._slices[name]]
-                stack.enter_context(_reparametrize_module(player, dict(zip(self._names[name], values))))
-            yield self.players
+        return players_at(self.players, self._names, self._slices, params)
 
     def _gradients(self, params: tuple, movers: list[str], generator) -> dict[str, tuple]:
-        """Every mover's gradient of its own objective at ``params``, as ``game_step`` takes them: one
-        evaluation of the objectives (one draw of a stochastic game's data), one backward pass per mover."""
-        def objectives(*own):
-            full = list(params)
-            for name, values in zip(movers, own):
-                full[self._slices[name]] = values
-            with self._playing(full) as players:
-                values = self.game.objectives(players, generator)
-            return tuple(values[name] for name in movers)
-
-        outputs, pullback = vjp(objectives, *(tuple(params[self._slices[name]]) for name in movers))
-        grads = {}
-        for i, name in enumerate(movers):
-            cotangents = tuple(torch.ones_like(o) if j == i else torch.zeros_like(o) for j, o in enumerate(outputs))
-            grads[name] = pullback(cotangents)[i]
-        return grads
+        return mover_gradients(self.game, self.players, self._names, self._slices, params, movers, generator)
 
     def _step_one(self, params, opt_leaves, hyper, generator):
         states = list(tree_unflatten(list(opt_leaves), self._opt_spec))
