@@ -3,13 +3,15 @@ interpolates between the base model (0) and the fine-tuned one (1)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from metaopt.checks import require
 
-__all__ = ["LORA_TARGETS", "add_lora", "set_lora_scale"]
+__all__ = ["LORA_TARGETS", "add_lora", "set_lora_scale", "mix_loras"]
 
 # attention projections and the ResNet blocks' convolutions and time-embedding projections
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
@@ -40,3 +42,38 @@ def set_lora_scale(unet: nn.Module, scale: float) -> None:
         if isinstance(module, LoraLayer):
             for adapter in list(module.scaling):
                 module.set_scale(adapter, scale)
+
+
+def mix_loras(unet: nn.Module, adapters: Sequence[Sequence[torch.Tensor]], scales: Sequence[float],
+              rank: int = 4, alpha: float = 4.0, target_modules: Sequence[str] = LORA_TARGETS) -> None:
+    """Several trained LoRAs on one base ``unet`` at once, each scaled: ``W + Σᵢ scaleᵢ·ΔWᵢ`` in every target
+    layer (the DRaFT paper's mixing of adapters trained on different rewards). ``adapters``: each one's
+    parameters in ``add_lora``'s order (a ``DiffusionLoop``'s ``lora_params``, or its checkpoint's
+    ``"lora"`` list), trained with the same ``rank``, ``alpha`` and targets. ``unet`` must have no adapter."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    require("scales", list(scales), len(scales) == len(adapters) and len(adapters) >= 1,
+            f"one scale per adapter ({len(adapters)})")
+    require("unet", type(unet).__name__, not any(isinstance(m, LoraLayer) for m in unet.modules()),
+            "a UNet without LoRA adapters (the base model)")
+    names = [f"mix{i}" for i in range(len(adapters))]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules))
+    with warnings.catch_warnings():  # peft warns that a second adapter joins the first: that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        for name in names:
+            inject_adapter_in_model(config, unet, adapter_name=name)
+    unet.requires_grad_(False)
+    for name, values in zip(names, adapters):
+        params = [p for key, p in unet.named_parameters() if "lora_" in key and f".{name}." in key]
+        require("adapters", len(values), len(values) == len(params) and all(
+            v.shape == p.shape for v, p in zip(values, params)),
+            f"{len(params)} tensors with this UNet's LoRA shapes (rank {rank}, the same targets)")
+        with torch.no_grad():
+            for p, v in zip(params, values):
+                p.copy_(v)
+    for module in unet.modules():
+        if isinstance(module, LoraLayer):
+            module.set_adapter(names)
+            for name, scale in zip(names, scales):
+                module.set_scale(name, float(scale))
