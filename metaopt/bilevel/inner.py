@@ -18,6 +18,7 @@ from torch import nn
 
 from metaopt._tree import Tensors, tree_detach, tree_leaves, tree_norm
 from metaopt.checks import require
+from metaopt.optim.apo.step import meta_learns
 from metaopt.optim.specs import SPECS, OptimizerSpec, factory_kwargs, spec_for
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
@@ -155,7 +156,7 @@ class StatefulInnerOptimizer:
     def check(self, problem: BilevelProblem) -> None:
         """Refuse, before any work, APO's function-space term on a problem that has no model outputs."""
         lambda_fsd = factory_kwargs(self.factory).get("lambda_fsd", 0.0)
-        if _meta_learns(self.factory) and lambda_fsd:
+        if meta_learns(self.factory) and lambda_fsd:
             require("optimizer.lambda_fsd", lambda_fsd, problem.has_outputs,
                     f"0 with {type(problem).__name__}: APO's function-space term compares model outputs, which "
                     "this bilevel problem does not define (BilevelProblem.inner_outputs and sample_inputs)")
@@ -171,7 +172,7 @@ class StatefulInnerOptimizer:
                   generator: torch.Generator | None) -> None:
         """APO's meta-step (when due) on the inner loss of ``batch`` and a fresh batch; ``.grad`` holds ``∇_w f``."""
         optimizer = state.opt_state.optimizer
-        if getattr(optimizer, "meta_step", None) is None or not optimizer.meta_due:
+        if not meta_learns(optimizer) or not optimizer.meta_due:
             return
 
         def forward(model: _InnerWeights, on: _LossOn | _OutputsOn) -> torch.Tensor:
@@ -198,11 +199,6 @@ class StatefulInnerOptimizer:
 
     def __repr__(self) -> str:
         return f"StatefulInnerOptimizer({self.name})"
-
-
-def _meta_learns(factory: Callable) -> bool:
-    target = getattr(factory, "func", factory)
-    return getattr(target, "meta_step", None) is not None
 
 
 class InnerRun(NamedTuple):

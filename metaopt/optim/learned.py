@@ -14,10 +14,11 @@ from metaopt.checks import is_finite_number
 from metaopt.optim.functional.learned import LearnedState, learned, num_weights
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
 
-__all__ = ["LearnedOptimizer", "load_weights", "core_kwargs"]
+__all__ = ["LearnedOptimizer", "load_weights", "resolve_weights", "core_kwargs"]
 
 _PRETRAINED = "pretrained"
 DEFAULT_WEIGHTS = "digits_pes"
+DEFAULT_HIDDEN = (32,)
 
 
 def _pretrained_folder() -> Path:
@@ -38,19 +39,23 @@ def load_weights(source: str | Path) -> dict[str, Any]:
     return saved
 
 
+def resolve_weights(weights: str | Path | torch.Tensor, hidden: Sequence[int] | None = None
+                    ) -> tuple[torch.Tensor, tuple[int, ...], dict[str, Any]]:
+    """``(weights, hidden, meta)``: a tensor as it is (``hidden`` defaulting to ``DEFAULT_HIDDEN``), a
+    pretrained name or saved file loaded (``hidden``, if given, must be the file's)."""
+    if isinstance(weights, torch.Tensor):
+        return weights, tuple(hidden or DEFAULT_HIDDEN), {}
+    saved = load_weights(weights)
+    check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
+                         f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
+    return saved["weights"], tuple(saved["hidden"]), dict(saved.get("meta", {}))
+
+
 def core_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The functional core's arguments for the class's: ``weights`` as a tensor (a pretrained name or a saved
     file loaded, ``digits_pes`` when absent) and its ``hidden`` layers (its spec's ``prepare``)."""
-    kwargs = dict(kwargs)
-    weights = kwargs.get("weights", DEFAULT_WEIGHTS)
-    if isinstance(weights, torch.Tensor):
-        kwargs["hidden"] = tuple(kwargs.get("hidden") or (32,))
-        return kwargs
-    saved = load_weights(weights)
-    hidden = kwargs.get("hidden")
-    check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
-                         f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
-    return {**kwargs, "weights": saved["weights"], "hidden": tuple(saved["hidden"])}
+    weights, hidden, _ = resolve_weights(kwargs.get("weights", DEFAULT_WEIGHTS), kwargs.get("hidden"))
+    return {**kwargs, "weights": weights, "hidden": hidden}
 
 
 class LearnedOptimizer(Optimizer):
@@ -68,14 +73,8 @@ class LearnedOptimizer(Optimizer):
 
     def __init__(self, params: Iterable, weights: str | Path | torch.Tensor = DEFAULT_WEIGHTS, lr: float = 1.0,
                  hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None):
-        if isinstance(weights, torch.Tensor):
-            hidden = list(hidden) if hidden is not None else [32]
-            meta: dict[str, Any] = {}
-        else:
-            saved = load_weights(weights)
-            check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
-                                 f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
-            weights, hidden, meta = saved["weights"], list(saved["hidden"]), dict(saved.get("meta", {}))
+        weights, hidden, meta = resolve_weights(weights, hidden)
+        hidden = list(hidden)
         check_hyperparameter("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden),
                              "a list of positive layer widths")
         expected = num_weights(hidden)

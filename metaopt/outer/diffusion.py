@@ -13,6 +13,7 @@ from torch import Tensor
 from metaopt.checks import require
 from metaopt.diffusion.lora import add_lora, set_lora_scale
 from metaopt.diffusion.sampler import DDIMChain, denoiser, randn, sample
+from metaopt.optim.apo.step import meta_learns
 from metaopt.tasks.diffusion.base import DiffusionTask
 
 __all__ = ["DiffusionLoop"]
@@ -32,7 +33,7 @@ class DiffusionLoop:
 
     @classmethod
     def optimizer_refusal(cls, optimizer: type, kind: str | None, outer: Any = None) -> str | None:
-        if getattr(optimizer, "meta_step", None) is not None:
+        if meta_learns(optimizer):
             return (f"{cls.name} with {optimizer.__name__}: its meta-step needs a supervised model and batches, "
                     "which a diffusion fine-tuning task has none of (use adam, sgd, adamw, rmsprop, … to train "
                     "the LoRA adapters)")

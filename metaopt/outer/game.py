@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
+from metaopt.optim.apo.step import meta_learns
 from metaopt.tasks.games.game import UPDATES, Game, game_step
 
 __all__ = ["GameLoop"]
@@ -26,7 +27,7 @@ class GameLoop:
 
     @staticmethod
     def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
-        if getattr(optimizer, "meta_step", None) is not None:
+        if meta_learns(optimizer):
             return (f"outer=game with {optimizer.__name__}: its meta-step needs a supervised model and batches, "
                     "which a game has none of (play a game with complex_momentum, complex_adam, sgd, adam, …)")
         return None

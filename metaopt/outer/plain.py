@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from metaopt.checks import require
+from metaopt.optim.apo.step import meta_learns
 from metaopt.tasks.supervised import SupervisedTask
 
 __all__ = ["TrainingLoop"]
@@ -25,7 +26,7 @@ class TrainingLoop:
 
     @staticmethod
     def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
-        if getattr(optimizer, "meta_step", None) is not None:
+        if meta_learns(optimizer):
             return (f"outer=none never calls {optimizer.__name__}'s meta_step, so it would train as its base "
                     "optimizer (use outer=apo, which optimizer=apo_* selects unless outer= is given)")
         return None

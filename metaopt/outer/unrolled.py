@@ -13,6 +13,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from metaopt.checks import require
+from metaopt.optim.apo.step import meta_learns
 from metaopt.optim.specs import SPECS, spec_for
 from metaopt.outer.pairing import target_class
 from metaopt.tasks.data import Split, SplitData
@@ -25,11 +26,6 @@ from metaopt.tasks.unrolled.training_run import TrainingRun
 from metaopt.tasks.unrolled.tuning import TunedRun
 
 __all__ = ["UnrolledLoop"]
-
-
-def _is_apo(optimizer: Any) -> bool:
-    """An optimizer class that meta-learns from the model it trains (APO): ``APOTrainingRun`` runs it."""
-    return isinstance(optimizer, type) and getattr(optimizer, "meta_step", None) is not None
 
 
 def _plain(value: Any) -> Any:
@@ -78,7 +74,7 @@ class UnrolledLoop:
         if kind == "unrolled" or spec_for(optimizer) is not None:
             return None
         estimator = target_class((outer or {}).get("estimator"))
-        if _is_apo(optimizer) and kind in ("supervised", None):
+        if meta_learns(optimizer) and kind in ("supervised", None):
             if estimator is not None and getattr(estimator, "differentiates", False):
                 return (f"{estimator.__name__} differentiates through the inner steps, and a training run with "
                         f"{optimizer.__name__} is not differentiable in its hyperparameters: use an ES loop "
@@ -88,7 +84,7 @@ class UnrolledLoop:
         why = (f"{optimizer.__name__} has no functional core: an ES/TBPTT loop runs every particle's whole "
                f"{'game' if kind == 'game' else 'training run'} through one (with a spec: {known}; "
                "declare yours with metaopt.optim.specs.register)")
-        if _is_apo(optimizer):
+        if meta_learns(optimizer):
             why += (f"; {optimizer.__name__} needs a supervised model: train with outer=apo, or tune its base "
                     "optimizer here (e.g. optimizer=sgd_momentum)")
         return why
@@ -114,7 +110,7 @@ class UnrolledLoop:
             require("task", type(task).__name__, isinstance(task, SupervisedTask),
                     "a SupervisedTask, a Game or an UnrolledProblem")
             _rank_device(task)
-            run = APOTrainingRun if _is_apo(getattr(optimizer, "func", optimizer)) else TrainingRun
+            run = APOTrainingRun if meta_learns(optimizer) else TrainingRun
             self.problem = run(task, optimizer, **problem_args)
         estimator_type = getattr(estimator, "func", estimator)
         require("outer.estimator", getattr(estimator_type, "__name__", repr(estimator_type)),

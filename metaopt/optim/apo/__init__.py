@@ -13,6 +13,6 @@ One file per piece: :mod:`.objective` (Q and the lookahead forward), :mod:`.dive
 
 from metaopt.optim.apo.divergence import divergence_for
 from metaopt.optim.apo.optimizer import APO
-from metaopt.optim.apo.step import training_step
+from metaopt.optim.apo.step import meta_learns, training_step
 
-__all__ = ["APO", "divergence_for", "training_step"]
+__all__ = ["APO", "divergence_for", "training_step", "meta_learns"]

@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["training_step"]
+__all__ = ["training_step", "meta_learns"]
+
+
+def meta_learns(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (a class, a ``functools.partial`` of one, or an instance) meta-learns from the
+    model it trains, as APO does: it has ``meta_step``."""
+    return getattr(getattr(optimizer, "func", optimizer), "meta_step", None) is not None
 
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch: tuple[Any, Any],
@@ -20,8 +26,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(inputs), targets)
     loss.backward()
-    meta_step = getattr(optimizer, "meta_step", None)
-    if meta_step is not None and optimizer.meta_due:
-        meta_step(model, batch, fresh_batch(), loss_fn)
+    if meta_learns(optimizer) and optimizer.meta_due:
+        optimizer.meta_step(model, batch, fresh_batch(), loss_fn)
     optimizer.step()
     return loss.detach()

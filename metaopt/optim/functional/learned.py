@@ -169,10 +169,12 @@ def learned(
         seconds.append(v)
         root = sqrt(v / bias_second.to(v.dtype)).reshape(-1)
         flat = (g.reshape(-1), p.reshape(-1), m.reshape(len(MOMENTUM_DECAYS), -1), root)
-        # Each raw input divided by its root-mean-square over the tensor (the anchor's normaliser).
-        squares = torch.cat([flat[0][None], flat[1][None], flat[2], root[None]]).square().mean(dim=1, keepdim=True)
-        scales = torch.rsqrt(squares + 1e-12)
+        # Each raw input divided by its root-mean-square over the tensor (the anchor's normaliser), from
+        # norms: no (raw inputs × elements) copy just for the statistics.
         n = root.shape[0]
+        norms = torch.cat([torch.linalg.vector_norm(flat[0])[None], torch.linalg.vector_norm(flat[1])[None],
+                           torch.linalg.vector_norm(flat[2], dim=1), torch.linalg.vector_norm(root)[None]])
+        scales = torch.rsqrt(norms.square() / n + 1e-12)[:, None]
         if n < CHUNK:
             pending.append((i, _features(*flat, scales, clock)))
             if sum(f.shape[1] for _, f in pending) >= CHUNK:

@@ -102,12 +102,9 @@ class LearnedOptimizerTraining(UnrolledProblem):
         if weights is None:
             self.theta0 = initial_weights(self.hidden, torch.Generator().manual_seed(weights_seed))
         else:
-            from metaopt.optim.learned import load_weights
+            from metaopt.optim.learned import resolve_weights
 
-            saved = load_weights(weights)
-            require("task.hidden", list(hidden), list(saved["hidden"]) == list(self.hidden),
-                    f"{list(saved['hidden'])}, the layers of the weights {weights!r}")
-            self.theta0 = saved["weights"].float()
+            self.theta0 = resolve_weights(weights, self.hidden)[0].float()
         self.dim = num_weights(self.hidden)
         self._gradients = [vmap(grad_and_value(functools.partial(self._loss_one, k))) for k in range(len(self.tasks))]
         self._update = vmap(self._update_one)
@@ -195,8 +192,9 @@ class LearnedOptimizerTraining(UnrolledProblem):
             done = step >= self.horizon
             losses.append(loss)
             resets.append(done)
-            state = self._assign(self.reset({**state, "step": step}, done), streams) if bool(done.any()) else \
-                {**state, "step": step}
+            state = {**state, "step": step}
+            if bool(done.any()):
+                state = self._assign(self.reset(state, done), streams)
         return state, torch.stack(losses), torch.stack(resets)
 
     # -- evaluation and export -----------------------------------------------------------------------
