@@ -10,6 +10,7 @@ also be trained by a stateful ``torch.optim.Optimizer`` that has no functional c
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -155,8 +156,13 @@ class StatefulInnerOptimizer:
 
     def check(self, problem: BilevelProblem) -> None:
         """Refuse, before any work, APO's function-space term on a problem that has no model outputs."""
-        lambda_fsd = factory_kwargs(self.factory).get("lambda_fsd", 0.0)
-        if meta_learns(self.factory) and lambda_fsd:
+        if not meta_learns(self.factory):
+            return
+        target = getattr(self.factory, "func", self.factory)
+        default = inspect.signature(target).parameters.get("lambda_fsd")  # APO's own default (0.1) if not given
+        lambda_fsd = factory_kwargs(self.factory).get(
+            "lambda_fsd", default.default if default is not None and default.default is not default.empty else 0.0)
+        if lambda_fsd:
             require("optimizer.lambda_fsd", lambda_fsd, problem.has_outputs,
                     f"0 with {type(problem).__name__}: APO's function-space term compares model outputs, which "
                     "this bilevel problem does not define (BilevelProblem.inner_outputs and sample_inputs)")

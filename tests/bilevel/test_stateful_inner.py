@@ -108,6 +108,9 @@ def test_apo_function_space_term_needs_model_outputs():
     with pytest.raises(ValueError, match=r"invalid optimizer\.lambda_fsd: 0\.1 .*0 with LeastSquares"):
         BilevelLoop(LeastSquares(), optimizer=_apo(divergence="mse"), hypergradient=CG, steps=1,
                     inner_steps=2)
+    without = functools.partial(APO, base=functools.partial(torch.optim.SGD, lr=0.05), divergence="mse")
+    with pytest.raises(ValueError, match=r"invalid optimizer\.lambda_fsd: 0\.1 .*0 with LeastSquares"):
+        BilevelLoop(LeastSquares(), optimizer=without, hypergradient=CG, steps=1, inner_steps=2)  # APO's default
     loop = BilevelLoop(LeastSquares(), optimizer=_apo(lambda_fsd=0.0, divergence="mse"), hypergradient=CG,
                        steps=1, inner_steps=4)
     loop.step()
