@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import pkgutil
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -17,3 +19,16 @@ def is_finite_number(value: Any) -> bool:
     if hasattr(value, "numel") and hasattr(value, "isfinite"):  # a tensor, without importing torch
         return value.numel() == 1 and not value.is_complex() and bool(value.isfinite().all())
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def target_class(node: Any) -> type | None:
+    """The class a config node's ``_target_`` names; ``None`` for no node, a function (a user's factory,
+    whose product is known only once built) or an unknown name (``instantiate`` reports it)."""
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not isinstance(target, str):
+        return None
+    try:
+        located = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return located if isinstance(located, type) else None

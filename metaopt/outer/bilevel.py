@@ -29,9 +29,8 @@ from metaopt.bilevel.hypergradient import Hypergradient
 from metaopt.bilevel.implicit import ImplicitCG, ImplicitHypergradient
 from metaopt.bilevel.inner import InnerOptimizer, InnerState, run_inner
 from metaopt.bilevel.linear_solve import ConvergenceWarning
-from metaopt.checks import require
+from metaopt.checks import require, target_class
 from metaopt.optim.specs import SPECS, spec_for
-from metaopt.outer.pairing import target_class
 from metaopt.tasks.bilevel.problem import BilevelProblem
 
 __all__ = ["BilevelLoop", "MODES"]

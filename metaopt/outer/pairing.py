@@ -8,10 +8,10 @@ kind, outer)`` (why it cannot use an optimizer class with the outer config ``out
 from __future__ import annotations
 
 import inspect
-import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
+from metaopt.checks import target_class
 from metaopt.tasks.bilevel.problem import BilevelProblem
 from metaopt.tasks.diffusion.base import DiffusionTask
 from metaopt.tasks.games.game import Game
@@ -42,18 +42,6 @@ def task_kind(task_type: type | None) -> str | None:
     if not isinstance(task_type, type):
         return None
     return next((kind for kind, base in KINDS.items() if issubclass(task_type, base)), None)
-
-
-def target_class(node: Any) -> type | None:
-    """The class a config node's ``_target_`` names; ``None`` for no node, a function or an unknown name."""
-    target = node.get("_target_") if isinstance(node, Mapping) else None
-    if not isinstance(target, str):
-        return None
-    try:
-        located = pkgutil.resolve_name(target)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return located if isinstance(located, type) else None
 
 
 def check_pairing(loop_type: type, task_type: type | None, optimizer_type: type | None,

@@ -12,10 +12,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from metaopt.checks import require
+from metaopt.checks import require, target_class
 from metaopt.optim.apo.step import meta_learns
 from metaopt.optim.specs import SPECS, spec_for
-from metaopt.outer.pairing import target_class
 from metaopt.tasks.data import Split, SplitData
 from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask

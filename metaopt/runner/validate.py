@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from metaopt.checks import is_finite_number, require
+from metaopt.checks import is_finite_number, require, target_class
 
 __all__ = ["validate_config", "validate_optimizer_config", "check_config_pairing"]
 
@@ -22,7 +21,7 @@ def validate_optimizer_config(cfg: DictConfig | dict, prefix: str = "optimizer")
     domain); the others by the common names (lr, momentum, betas, eps, …)."""
     from metaopt.optim.specs import spec_for
 
-    spec = spec_for(_target_class(cfg))
+    spec = spec_for(target_class(cfg))
     if spec is not None:
         kwargs = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         spec.functional_kwargs({k: v for k, v in kwargs.items() if not k.startswith("_")}, prefix)
@@ -60,19 +59,6 @@ def validate_config(cfg: DictConfig) -> None:
         validate_optimizer_config(outer_optimizer, "outer.outer_optimizer")
 
 
-def _target_class(node: Any) -> type | None:
-    """The class a config node's ``_target_`` names (``None``: no node, or a function such as a user's
-    task factory, whose product is known only once built)."""
-    target = node.get("_target_") if isinstance(node, (DictConfig, dict)) else None
-    if not isinstance(target, str):
-        return None
-    try:
-        located = get_object(target)
-    except Exception:  # an unknown target: instantiate reports it with Hydra's own message
-        return None
-    return located if isinstance(located, type) else None
-
-
 def _choices() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -88,10 +74,10 @@ def check_config_pairing(cfg: DictConfig, task: Any = None) -> None:
     (``metaopt.outer.pairing``); with the built ``task``, check what its config could not tell."""
     from metaopt.outer.pairing import check_pairing
 
-    loop_type = _target_class(cfg.outer)
+    loop_type = target_class(cfg.outer)
     if loop_type is None or not hasattr(loop_type, "accepts"):
         return
-    task_type = type(task) if task is not None else _target_class(cfg.task)
-    if task is not None and _target_class(cfg.task) is type(task):
+    task_type = type(task) if task is not None else target_class(cfg.task)
+    if task is not None and target_class(cfg.task) is type(task):
         return  # checked before it was built
-    check_pairing(loop_type, task_type, _target_class(cfg.optimizer), cfg.outer, _choices())
+    check_pairing(loop_type, task_type, target_class(cfg.optimizer), cfg.outer, _choices())
