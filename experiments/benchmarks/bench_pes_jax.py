@@ -58,7 +58,7 @@ def single_thread_env(env: dict[str, str]) -> dict[str, str]:
 
 
 # -- the problem in metaopt -------------------------------------------------------------------------------
-def metaopt_problem(compile: bool = False):
+def metaopt_problem(compile: bool = False, batched_mlp: bool = True):
     from metaopt.tasks import MLP, SupervisedTask, TrainingRun
     from metaopt.tasks.data import load_digits
 
@@ -67,7 +67,7 @@ def metaopt_problem(compile: bool = False):
 
     task = SupervisedTask(load_digits(), model, batch_size=BATCH)
     return TrainingRun(task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear", horizon=HORIZON,
-                       meta_split="train", compile=compile)
+                       meta_split="train", compile=compile, batched_mlp=batched_mlp)
 
 
 def jax_problem(problem):
@@ -82,18 +82,18 @@ def jax_problem(problem):
 
 
 # -- checks ---------------------------------------------------------------------------------------------
-def shared_noise_check(num_particles: int = 16, truncations: int = 3, seed: int = 0) -> dict:
+def shared_noise_check(num_particles: int = 16, truncations: int = 3, seed: int = 0,
+                       batched_mlp: bool = True) -> dict:
     """metaopt's PES for ``truncations`` outer iterations, and the JAX truncation fed the same perturbations,
     minibatches and initial (staggered) state: the largest difference between the two estimates relative to
     the estimate's size, and between the per-step losses."""
-    import jax.numpy as jnp
-    import numpy as np
     import torch
 
-    from experiments.benchmarks import pes_jax
+    from metaopt.tasks.unrolled import training_run
+    from metaopt.tasks.unrolled.training_run import stream_minibatches
     from metaopt.unrolled import PES
 
-    problem = metaopt_problem()
+    problem = metaopt_problem(batched_mlp=batched_mlp)
     estimator = PES(problem, num_particles, sigma=SIGMA, truncation_length=K, seed=seed)
     theta = problem.initial_theta()
     recorded: dict[str, list] = {"noise": [], "x": [], "y": []}
@@ -110,7 +110,29 @@ def shared_noise_check(num_particles: int = 16, truncations: int = 3, seed: int 
         recorded["y"].append(targets.clone())
         return inputs, targets
 
+    def recording_minibatches(task, split, batch_size, generator, streams, num_streams, out=None):
+        """The per-stream minibatches of the batched path (rows ``streams``, sorted), per particle."""
+        inputs, targets = stream_minibatches(task, split, batch_size, generator, streams, num_streams, out)
+        row = torch.searchsorted(streams, estimator.streams)
+        recorded["x"].append(inputs[row].clone())
+        recorded["y"].append(targets[row].clone())
+        return inputs, targets
+
     estimator._sample_noise, problem._batches = recording_noise, recording_batches
+    training_run.stream_minibatches = recording_minibatches
+    try:
+        return _compare(problem, estimator, theta, recorded, num_particles, truncations)
+    finally:
+        training_run.stream_minibatches = stream_minibatches
+
+
+def _compare(problem, estimator, theta, recorded, num_particles, truncations):
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from experiments.benchmarks import pes_jax
+
     # some pairs reset inside a truncation (steps not multiples of K), some at its last step
     steps = torch.tensor([HORIZON - 5, HORIZON - 1, HORIZON - K, 3])
     estimator.state["step"] = steps[torch.arange(estimator.num_streams) % len(steps)][estimator.streams]

@@ -9,7 +9,8 @@ pytest.importorskip("jax")
 from experiments.benchmarks.bench_pes_jax import shared_noise_check  # noqa: E402
 
 
-def test_pes_in_metaopt_and_in_jax_give_the_same_estimate_on_shared_noise():
-    result = shared_noise_check(num_particles=8, truncations=3)
+@pytest.mark.parametrize("batched_mlp", [True, False])
+def test_pes_in_metaopt_and_in_jax_give_the_same_estimate_on_shared_noise(batched_mlp):
+    result = shared_noise_check(num_particles=8, truncations=3, batched_mlp=batched_mlp)
     assert result["relative_gradient_error"] < 1e-3, result
     assert result["loss_error"] < 1e-4, result
