@@ -15,10 +15,13 @@ a few truncations (pairs are independent), within a few standard errors of each 
 Timing: particle-steps per second (N·K per outer iteration) at N = 64, 256, 1024, JAX and metaopt eager
 and ``compile=True`` measured in alternation in one process; the first call of each (JAX: ``jit``'s
 trace + compile, reported apart, then the first run; metaopt compiled: the first truncation, which
-compiles). Each thread count runs in its own subprocess, since XLA's thread count is fixed at import:
-one thread (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``,
-``torch.set_num_threads(1)``) and every core. Both processes' CPU time is reported next to wall time:
-on a shared machine, CPU time / wall time below the thread count says the run was starved.
+compiles). Each thread count runs in its own subprocess, since XLA's threads are fixed at import: one
+core (the process pinned to one CPU with ``sched_setaffinity`` before jax is imported, which is what
+sizes XLA's thread pools: ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` alone still left jax 0.10
+running two Eigen threads; ``torch.set_num_threads(1)``), and every core (both frameworks' defaults,
+torch at ``torch.get_num_threads()`` threads). The process's CPU time is reported next to wall time: on a
+shared machine, CPU / wall below the number of cores used says the run was starved, and throughput per
+CPU-second is the steadier figure.
 Targets (issue 16): eager ≥ 1.0× JAX at N = 256 and 1024, compiled ≥ 1.5×, a first compiled truncation no
 slower than JAX's compile + first call.
 
@@ -263,9 +266,10 @@ def measure(threads: int, counts=COUNTS, reps: int = 5) -> dict:
     for (name, n), samples in times.items():
         wall = statistics.median(s[0] for s in samples)
         cpu = statistics.median(s[1] for s in samples)
-        result[f"{name}/{n}"] = {"wall": wall, "cpu": cpu, "throughput": n * K / wall, **first[name, n]}
+        result[f"{name}/{n}"] = {"wall": wall, "cpu": cpu, "throughput": n * K / wall, "cpu_throughput": n * K / cpu,
+                                 **first[name, n]}
     return {"threads": threads, "jax": jax.__version__, "torch": torch.__version__, "results": result,
-            "load": os.getloadavg()}
+            "load": os.getloadavg(), "cores": len(os.sched_getaffinity(0))}
 
 
 def _measure_in_subprocess(threads: int, reps: int, counts) -> dict:
@@ -278,8 +282,9 @@ def _measure_in_subprocess(threads: int, reps: int, counts) -> dict:
         # a cold inductor cache, as JAX's (no persistent compilation cache by default)
         env["TORCHINDUCTOR_CACHE_DIR"] = folder
         out = Path(folder) / "result.json"
+        pin = ["--one-core"] if threads == 1 else []
         subprocess.run([sys.executable, "-m", "experiments.benchmarks.bench_pes_jax", "--threads", str(threads),
-                        "--reps", str(reps), "--counts", *map(str, counts), "--output", str(out)],
+                        "--reps", str(reps), "--counts", *map(str, counts), "--output", str(out), *pin],
                        env=env, check=True, cwd=ROOT)
         return json.loads(out.read_text())
 
@@ -287,7 +292,9 @@ def _measure_in_subprocess(threads: int, reps: int, counts) -> dict:
 def _tables(measured: dict) -> list[dict]:
     threads, results = measured["threads"], measured["results"]
     load = ", ".join(f"{v:.2f}" for v in measured["load"])
-    where = f"CPU, {threads} thread{'s' if threads > 1 else ''} each"
+    cores = measured["cores"]
+    where = ("CPU, pinned to one core, 1 torch thread" if cores == 1 else
+             f"CPU, {cores} cores, {threads} torch threads, XLA's default threads")
     rows = []
     for n in sorted({int(k.split("/")[1]) for k in results}):
         base = results[f"jax/{n}"]
@@ -297,8 +304,9 @@ def _tables(measured: dict) -> list[dict]:
             ratio = r["throughput"] / base["throughput"]
             target = f"≥ {TARGETS[name]:.1f}×" if name in TARGETS and n >= 256 else ""
             verdict = ("PASS" if ratio >= TARGETS[name] else "FAIL") if target else ""
-            rows.append([n, label, f"{r['throughput']:.0f}", f"{r['cpu'] / r['wall']:.2f}",
-                         f"{ratio:.2f}×", f"{target} {verdict}".strip()])
+            cpu_ratio = r["cpu_throughput"] / base["cpu_throughput"]
+            rows.append([n, label, f"{r['throughput']:.0f}", f"{ratio:.2f}×", f"{r['cpu_throughput']:.0f}",
+                         f"{cpu_ratio:.2f}×", f"{r['cpu'] / r['wall']:.2f}", f"{target} {verdict}".strip()])
     first_rows = []
     for n in sorted({int(k.split("/")[1]) for k in results}):
         jax_first = results[f"jax/{n}"]["compile"] + results[f"jax/{n}"]["first"]
@@ -309,7 +317,8 @@ def _tables(measured: dict) -> list[dict]:
                            "PASS" if compiled_first <= jax_first else "FAIL"])
     return [{
         "title": f"PES against JAX on the same problem: particle-steps / s ({where})",
-        "columns": ["particles", "implementation", "particle-steps / s", "CPU / wall", "ratio vs JAX", "target"],
+        "columns": ["particles", "implementation", "particle-steps / s", "ratio vs JAX", "per CPU-second",
+                    "ratio vs JAX (CPU time)", "CPU / wall", "target (wall)"],
         "rows": rows,
         "notes": f"digits MLP 64-32-10 tanh, batch {BATCH}, T={HORIZON}, K={K}, σ={SIGMA}, SGD+momentum, θ = (log "
                  "lr_start, log lr_end, logit momentum), meta-loss the training minibatch loss, antithetic pairs; "
@@ -355,7 +364,9 @@ def run(quick: bool = False, devices: tuple[str, ...] = ("cpu", "cuda")) -> list
     tables = [_check_table()]
     reps = 2 if quick else 5
     counts = (64, 256) if quick else COUNTS
-    for threads in sorted({1, os.cpu_count() or 1}):
+    import torch
+
+    for threads in sorted({1, torch.get_num_threads()}):
         tables += _tables(_measure_in_subprocess(threads, reps, counts))
     return tables
 
@@ -366,7 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS))
     parser.add_argument("--output", help="write the measurements here as JSON (default: print the tables)")
+    parser.add_argument("--one-core", action="store_true", help="pin this process to one CPU first")
     args = parser.parse_args(argv)
+    if args.one_core:  # before jax is imported: XLA sizes its thread pools from the CPUs it may use
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     measured = measure(args.threads, tuple(args.counts), args.reps)
     if args.output:
         Path(args.output).write_text(json.dumps(measured))
