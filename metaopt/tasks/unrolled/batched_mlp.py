@@ -44,6 +44,7 @@ class _Layer(NamedTuple):
     approximate: str = "none"  # GELU's
 
 
+_MAX_BUFFERS = 256
 _ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
 
 
@@ -94,16 +95,21 @@ class BatchedMLP:
     def __init__(self, layers: Sequence[_Layer], kind: str):
         self.layers = list(layers)
         self.kind = kind
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
     def _buffer(self, name: str, shape: Sequence[int], like: torch.Tensor, reuse: bool) -> torch.Tensor | None:
-        """The kept buffer ``name`` of ``shape`` (``like``'s dtype and device), or ``None`` without ``reuse``."""
+        """The kept buffer ``name`` of ``shape`` (``like``'s dtype and device), or ``None`` without ``reuse``.
+
+        Kept per shape, so that calls with different particle counts (several estimators, evaluations)
+        alternate without reallocating; at most ``_MAX_BUFFERS`` are kept (then all are dropped)."""
         if not reuse:
             return None
-        shape = tuple(shape)
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        key = (name, tuple(shape), like.dtype, like.device)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            if len(self._buffers) >= _MAX_BUFFERS:
+                self._buffers.clear()
+            buffer = self._buffers[key] = torch.empty(key[1], dtype=like.dtype, device=like.device)
         return buffer
 
     @classmethod

@@ -134,7 +134,7 @@ class TrainingRun(TunedRun):
         self._batched = BatchedMLP.from_model(self.model, task.kind) if batched_mlp and own_loss else None
         step = self._compilable_batched_step if self._batched is not None else self._step
         self._compiled_step = CompiledStep(step) if compile else None
-        self._data_buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._data_buffers: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- dynamics --------------------------------------------------------------------------------
     def _forward_one(self, params: tuple[torch.Tensor, ...], inputs: torch.Tensor) -> torch.Tensor:
@@ -238,11 +238,13 @@ class TrainingRun(TunedRun):
             out = None
             if step_function is self._batched_step:  # eager: gather into kept buffers
                 data = getattr(self.task.data, split)
-                rows = len(groups) * self.batch_size
-                out = self._data_buffers.get(split)
-                if out is None or out[0].shape[0] != rows:
-                    out = self._data_buffers[split] = tuple(
-                        torch.empty(rows, *t.shape[1:], dtype=t.dtype, device=t.device) for t in data)
+                key = (split, len(groups) * self.batch_size)
+                out = self._data_buffers.get(key)
+                if out is None:
+                    if len(self._data_buffers) >= 16:
+                        self._data_buffers.clear()
+                    out = self._data_buffers[key] = tuple(
+                        torch.empty(key[1], *t.shape[1:], dtype=t.dtype, device=t.device) for t in data)
             return stream_minibatches(self.task, split, self.batch_size, generator, groups, num_streams, out)
 
         def one_step(params, opt, hyper):
