@@ -65,6 +65,7 @@ class DiffusionLoop:
         self.lora_scale = float(lora_scale)
         self.generator = generator if generator is not None else torch.Generator()
         self.unet = task.pretrained_unet()
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.lora_params = add_lora(self.unet, lora_rank, lora_alpha)
         self.optimizer = optimizer(self.lora_params)
         self.chain = DDIMChain.from_scheduler(task.scheduler())
@@ -106,8 +107,21 @@ class DiffusionLoop:
         self.generator.set_state(state["generator"])
         self.reward_queries = int(state["reward_queries"])
 
+    def lora_file(self) -> dict[str, Any]:
+        """What ``lora.pt`` holds: the adapters (in ``add_lora``'s order), their rank and alpha, the task's
+        class and arguments and its base model's key, so that ``metaopt.diffusion.mix`` can rebuild the task
+        and put the adapters back on its UNet (``torch.load(weights_only=True)`` reads it)."""
+        task = type(self.task)
+        return {"format": "metaopt-lora-1", "lora": [p.detach().cpu().clone() for p in self.lora_params],
+                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha,
+                "task_target": f"{task.__module__}.{task.__qualname__}", "task": self.task.config,
+                "base_model": self.task.base_model_key(), "reward": self.task.reward_name,
+                "reward_queries": self.reward_queries, "loop": type(self).__name__}
+
     def plots(self, folder: Path) -> list[Path]:
-        """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``."""
+        """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``; and
+        ``lora.pt``, the trained adapters (``lora_file``), for ``python -m metaopt.diffusion.mix``."""
+        torch.save(self.lora_file(), Path(folder) / "lora.pt")
         import matplotlib
 
         matplotlib.use("Agg")
