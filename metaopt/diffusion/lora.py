@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from metaopt.checks import require
 
-__all__ = ["LORA_TARGETS", "add_lora", "set_lora_scale", "mix_loras"]
+__all__ = ["LORA_TARGETS", "add_lora", "set_lora_scale", "mix_loras", "lora_file"]
 
 # attention projections and the ResNet blocks' convolutions and time-embedding projections
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj")
@@ -43,6 +44,18 @@ def set_lora_scale(unet: nn.Module, scale: float) -> None:
         if isinstance(module, LoraLayer):
             for adapter in list(module.scaling):
                 module.set_scale(adapter, scale)
+
+
+def lora_file(params: Sequence[torch.Tensor], rank: int, alpha: float, task: Any, **extra: Any) -> dict[str, Any]:
+    """What a run's ``lora.pt`` holds: the adapters (in ``add_lora``'s order), their rank and alpha, the task's
+    class, arguments (``task.config``) and base model (``task.base_model_key()``), so that
+    ``metaopt.diffusion.mix`` can rebuild the task and put the adapters back on its UNet; plus ``extra``.
+    Only tensors, numbers, strings, lists and dicts: ``torch.load(weights_only=True)`` reads it."""
+    kind = type(task)
+    return {"format": "metaopt-lora-1", "lora": [p.detach().cpu().clone() for p in params], "lora_rank": int(rank),
+            "lora_alpha": float(alpha), "task_target": f"{kind.__module__}.{kind.__qualname__}",
+            "task": getattr(task, "config", None), "base_model": task.base_model_key(),
+            "reward": task.reward_name, **extra}
 
 
 def mix_loras(unet: nn.Module, adapters: Sequence[Sequence[torch.Tensor]], scales: Sequence[float],

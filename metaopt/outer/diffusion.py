@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from metaopt.checks import require
-from metaopt.diffusion.lora import add_lora, set_lora_scale
+from metaopt.diffusion.lora import add_lora, lora_file, set_lora_scale
 from metaopt.diffusion.sampler import DDIMChain, denoiser, randn, sample
 from metaopt.optim.apo.step import meta_learns
 from metaopt.tasks.diffusion.base import DiffusionTask
@@ -108,15 +108,10 @@ class DiffusionLoop:
         self.reward_queries = int(state["reward_queries"])
 
     def lora_file(self) -> dict[str, Any]:
-        """What ``lora.pt`` holds: the adapters (in ``add_lora``'s order), their rank and alpha, the task's
-        class and arguments and its base model's key, so that ``metaopt.diffusion.mix`` can rebuild the task
-        and put the adapters back on its UNet (``torch.load(weights_only=True)`` reads it)."""
-        task = type(self.task)
-        return {"format": "metaopt-lora-1", "lora": [p.detach().cpu().clone() for p in self.lora_params],
-                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha,
-                "task_target": f"{task.__module__}.{task.__qualname__}", "task": self.task.config,
-                "base_model": self.task.base_model_key(), "reward": self.task.reward_name,
-                "reward_queries": self.reward_queries, "loop": type(self).__name__}
+        """What ``lora.pt`` holds (``metaopt.diffusion.lora_file``): the adapters, their rank and alpha, the
+        task's class and arguments, for ``python -m metaopt.diffusion.mix``."""
+        return lora_file(self.lora_params, self.lora_rank, self.lora_alpha, self.task,
+                         reward_queries=self.reward_queries, loop=type(self).__name__)
 
     def plots(self, folder: Path) -> list[Path]:
         """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``; and

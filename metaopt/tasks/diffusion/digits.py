@@ -138,7 +138,9 @@ class DigitsDiffusion(DiffusionTask):
                 images = inputs.view(-1, *self.image_shape) * 2 - 1
                 alphas = self.scheduler().alphas_cumprod.float()
                 p = self._pretrain
-                return train_ddpm(unet, images, alphas, p["steps"], p["batch_size"], p["lr"], p["seed"]).state_dict()
+                with torch.enable_grad():
+                    return train_ddpm(unet, images, alphas, p["steps"], p["batch_size"], p["lr"],
+                                      p["seed"]).state_dict()
 
             self._unet_state = cached_state("digits_ddpm", self.base_model_key(), build)
         unet = self.build_unet()
@@ -150,7 +152,8 @@ class DigitsDiffusion(DiffusionTask):
         if self._classifier is None:
             def build() -> dict[str, Tensor]:
                 inputs, targets = self._training_images()
-                return train_classifier(inputs, targets, self._classifier_steps, self.seed).state_dict()
+                with torch.enable_grad():  # first asked for inside a sampler's no_grad (an ES loop)
+                    return train_classifier(inputs, targets, self._classifier_steps, self.seed).state_dict()
 
             key = {"steps": self._classifier_steps, "seed": self.seed, "data": "sklearn-digits-train", "hidden": 128}
             classifier = DigitClassifier()
