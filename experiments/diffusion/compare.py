@@ -10,6 +10,7 @@ python -m experiments.diffusion.compare --reward digit_accuracy --only DDPO "ES 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,30 @@ from metaopt.tasks.diffusion import DigitsDiffusion
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+class ChainES:
+    """``outer=es_single`` on the task (``UnrolledLoop`` with ``ESSingle`` over truncations of the sampling
+    chain, θ the LoRA adapters in their own units: ``theta_scale=1``) with a DiffusionLoop's interface."""
+
+    def __init__(self, task, lr: float, generator, num_pairs: int = 8, sigma: float = 0.02, truncation_length: int = 5):
+        from metaopt.outer import UnrolledLoop
+        from metaopt.unrolled import ESSingle
+
+        self.loop = UnrolledLoop(task, functools.partial(ESSingle, num_particles=2 * num_pairs, sigma=sigma,
+                                                         truncation_length=truncation_length),
+                                 functools.partial(torch.optim.Adam, lr=lr), generator=generator,
+                                 problem={"theta_scale": 1.0}, steps=1, eval_every=0)
+
+    def step(self) -> dict:
+        return self.loop.step()
+
+    def samples(self, scale: float = 1.0):
+        return self.loop.problem.samples(self.loop.theta.detach(), scale)
+
+    @property
+    def reward_queries(self) -> int:
+        return self.loop.problem.reward_queries
+
+
 def methods(lr: float) -> dict:
     def adam(params):
         return torch.optim.Adam(params, lr=lr)
@@ -34,6 +59,7 @@ def methods(lr: float) -> dict:
         "DRaFT-LV (n=2)": lambda task, g: DRaFTLoop(task, adam, variant="lv", num_noises=2, generator=g),
         "DDPO": lambda task, g: DDPOLoop(task, adam, generator=g),
         "ES (8 pairs)": lambda task, g: DiffusionESLoop(task, adam, num_pairs=8, sigma=0.02, generator=g),
+        "ES-Single (8 pairs)": lambda task, g: ChainES(task, lr, g),
     }
 
 

@@ -121,3 +121,28 @@ def test_bad_chain_settings_are_refused_before_any_work(tiny_task, monkeypatch):
                      problem={"compile": True})
     with pytest.raises(ValueError, match=r"invalid outer.problem.theta_scale: 0"):
         SamplingChain(tiny_task, theta_scale=0)
+
+
+def test_resume_on_the_chain_continues_exactly(tiny_task):
+    """The loop's state dict (θ, Adam, ES-Single's particle images and ε, the problem's query count) resumes
+    mid-chain to the same θ as an uninterrupted run."""
+    import copy
+
+    from metaopt.outer import UnrolledLoop
+
+    def fresh():
+        return UnrolledLoop(tiny_task, functools.partial(ESSingle, num_particles=2, sigma=0.05, truncation_length=2),
+                            functools.partial(torch.optim.Adam, lr=1e-2), generator=torch.Generator().manual_seed(4),
+                            problem={"theta_scale": 1.0, "eval_samples": 2}, steps=4, eval_every=0)
+
+    loop = fresh()
+    loop.step()
+    queries = loop.problem.reward_queries
+    state = copy.deepcopy(loop.state_dict())
+    loop.step()
+    other = fresh()
+    other.load_state_dict(state)
+    assert other.problem.reward_queries == queries
+    other.step()
+    torch.testing.assert_close(other.theta, loop.theta, rtol=0, atol=0)
+    assert other.problem.reward_queries == loop.problem.reward_queries

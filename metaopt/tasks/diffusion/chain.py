@@ -56,8 +56,9 @@ class SamplingChain(UnrolledProblem):
         self.theta_scale = float(theta_scale)
         self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.unet = task.pretrained_unet()  # the work, once every argument is checked
-        torch.manual_seed(seed)  # the adapters' A matrices are initialised at random
-        self.params = add_lora(self.unet, lora_rank, lora_alpha)
+        with torch.random.fork_rng(devices=[]):  # the adapters' A matrices are random: seeded, the global RNG kept
+            torch.manual_seed(seed)
+            self.params = add_lora(self.unet, lora_rank, lora_alpha)
         for p in self.params:
             p.requires_grad_(False)
         self.dim = sum(p.numel() for p in self.params)
