@@ -1,6 +1,7 @@
-"""Mixing two LoRAs trained on different rewards (Clark et al., 2024, Sec. 5.3), entirely from the command
-line: two ordinary DRaFT runs (through all 10 steps; DRaFT-1 at lr 3e-3 blew the symmetry run
-up: the adapter it trains on the last step acts on every step) on the digits DDPM, one on the classifier's log-probability of a 3
+"""Mixing two LoRAs trained on different rewards (Clark et al., 2024), entirely from the command line: two
+ordinary DRaFT runs (through all 10 steps: DRaFT-1 at lr 3e-3 and 60 steps blew the symmetry run up, eval
+reward −3500, likely because the adapter it trains on the last step also acts on every earlier one) on the
+digits DDPM, one on the classifier's log-probability of a 3
 (``digit_logprob``), one on left-right symmetry (``symmetry``), then ``python -m metaopt.diffusion.mix`` on
 their run folders over the scales {0, 0.5, 1} × {0, 0.5, 1}. Writes ``results/mix.md`` (both rewards at each
 pair of scales) and ``results/mix.png`` (the samples of each pair).

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> None:
                                             "curve": result["curve"]}, indent=1))
 
 
-def queries_to(curve: list[dict], key: str, level: float) -> float:
-    """Reward queries at the first evaluation where ``key`` ≥ ``level`` (inf when never)."""
-    return next((c["reward_queries"] for c in curve if c[key] >= level), math.inf)
+def queries_to(curve: list[dict], key: str, level: float, count: str = "reward_queries") -> float:
+    """Reward queries (or ``count``) at the first evaluation where ``key`` ≥ ``level`` (inf when never)."""
+    return next((c[count] for c in curve if c[key] >= level), math.inf)
 
 
 def at_queries(curve: list[dict], key: str, budget: int) -> float:
@@ -80,8 +80,8 @@ def table(args: argparse.Namespace) -> None:
              "mean ± standard deviation [min, max] over seeds.", "",
              "| method | lr (grid) | seeds | eval reward at "
              f"{budget} queries | accuracy at {budget} | queries to reward ≥ {args.level:g} | "
-             "queries to accuracy ≥ 0.7 | distance to data at the end |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"steps to reward ≥ {args.level:g} | queries to accuracy ≥ 0.7 | distance to data at {budget} |",
+             "|---|---|---|---|---|---|---|---|---|"]
     chosen = {}
     for name in ORDER:
         if name not in runs:
@@ -91,13 +91,15 @@ def table(args: argparse.Namespace) -> None:
                                                            for r in by_lr[lr]))
         chosen[name] = by_lr[best]
         rs = by_lr[best]
-        grid = ", ".join(f"{lr:g}: {statistics.mean(at_queries(r['curve'], 'eval_reward', budget) for r in by_lr[lr]):.2f}"
-                         for lr in sorted(by_lr))
+        grid = ", ".join(
+            f"{lr:g}: {statistics.mean(at_queries(r['curve'], 'eval_reward', budget) for r in by_lr[lr]):.2f}"
+            for lr in sorted(by_lr))
         lines.append(
             f"| {name} | **{best:g}** ({grid}) | {len(rs)} | "
             f"{spread([at_queries(r['curve'], 'eval_reward', budget) for r in rs])} | "
             f"{spread([at_queries(r['curve'], 'eval_accuracy', budget) for r in rs])} | "
             f"{spread([queries_to(r['curve'], 'eval_reward', args.level) for r in rs], integer=True)} | "
+            f"{spread([queries_to(r['curve'], 'eval_reward', args.level, 'step') for r in rs], integer=True)} | "
             f"{spread([queries_to(r['curve'], 'eval_accuracy', 0.7) for r in rs], integer=True)} | "
             f"{spread([at_queries(r['curve'], 'data_distance', budget) for r in rs])} |")
     if "DDPO" in chosen:

@@ -55,9 +55,10 @@ class UnrolledLoop:
 
     ``task`` is an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``), a ``SupervisedTask``
     (wrapped in a ``TrainingRun``: a whole training run; with APO, an ``APOTrainingRun``, whose θ are
-    APO's own hyperparameters) or a ``Game`` (wrapped in a ``GameRun``: a whole
-    game run) or a ``DiffusionTask`` (wrapped in a ``SamplingChain``: its DDIM chain, θ its LoRA adapters,
-    ``problem`` the chain's arguments: ``theta_scale``, ``lora_rank``, ``eval_samples``, …). The wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
+    APO's own hyperparameters), a ``Game`` (wrapped in a ``GameRun``: a whole game run) or a
+    ``DiffusionTask`` (wrapped in a ``SamplingChain``: its DDIM chain, θ its LoRA adapters, updated by
+    ``outer_optimizer``; ``problem`` the chain's arguments: ``theta_scale``, ``lora_rank``, ``eval_samples``,
+    …). The supervised and game wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
     functional core (its spec, ``metaopt.optim.specs``): θ are its hyperparameters, by default its
     natural knobs from the values the factory carries; ``problem`` holds the wrapper's arguments
     (``tuned``, ``schedule``, ``per_layer``, ``horizon``, …). ``estimator`` and ``outer_optimizer`` are
