@@ -6,6 +6,7 @@ rewards (mean and spread over seeds).
 
 python -m experiments.diffusion.seeds --seeds 0 1 2 --lrs 1e-3 3e-3        # runs (about an hour on one core)
 python -m experiments.diffusion.seeds --table                                # results/seeds.md, seeds.png
+python -m experiments.diffusion.seeds --table --fixed-lr 1e-3                # one lr for all: seeds_lr0.001.md
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def table(args: argparse.Namespace) -> None:
         if name not in runs:
             continue
         by_lr = runs[name]
+        if args.fixed_lr is not None:
+            by_lr = {lr: r for lr, r in by_lr.items() if math.isclose(lr, args.fixed_lr)}
+            if not by_lr:
+                continue
         best = max(by_lr, key=lambda lr: statistics.mean(at_queries(r["curve"], "eval_reward", budget)
                                                            for r in by_lr[lr]))
         chosen[name] = by_lr[best]
@@ -111,12 +116,13 @@ def table(args: argparse.Namespace) -> None:
             ratios = ", ".join("never" if not math.isfinite(q) else f"{q:.0f} ({budget / q:.1f}×)" if q else "0"
                                for q in reached)
             lines.append(f"- {name}: {ratios}")
-    (RESULTS / "seeds.md").write_text("\n".join(lines) + "\n")
+    suffix = "" if args.fixed_lr is None else f"_lr{args.fixed_lr:g}"
+    (RESULTS / f"seeds{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(chosen, budget)
+    plot(chosen, budget, suffix)
 
 
-def plot(chosen: dict[str, list[dict]], budget: int) -> None:
+def plot(chosen: dict[str, list[dict]], budget: int, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +144,7 @@ def plot(chosen: dict[str, list[dict]], budget: int) -> None:
         axis.set_title(f"{title}: mean, band = min..max over seeds")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "seeds_reward_vs_queries.png", dpi=100)
+    fig.savefig(RESULTS / f"seeds{suffix}_reward_vs_queries.png", dpi=100)
     plt.close(fig)
 
 
@@ -153,6 +159,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only write the table from the saved runs")
     parser.add_argument("--budget", type=int, default=960, help="reward queries at which methods are compared")
     parser.add_argument("--level", type=float, default=-1.0, help="the fixed eval reward of the queries column")
+    parser.add_argument("--fixed-lr", type=float, default=None, help="table of this lr for every method")
     args = parser.parse_args()
     if args.table:
         table(args)
