@@ -127,11 +127,11 @@ class UnrolledLoop:
                     "into the LoRA adapters (TBPTT through the chain is outer=draft outer.variant=truncated)")
             # the estimator's truncation against the chain's length, before the UNet is built (or pretrained)
             truncation = getattr(estimator, "keywords", {}).get("truncation_length")
-            steps_ = task.num_inference_steps
+            chain_steps = task.num_inference_steps
             require("outer.estimator.truncation_length", truncation, truncation is None or (
-                isinstance(truncation, int) and 1 <= truncation <= steps_ and (
-                    steps_ % truncation == 0 or estimator_type is not ESSingle)),
-                    f"an integer in [1, task.num_inference_steps={steps_}] (the sampling chain's length)"
+                isinstance(truncation, int) and 1 <= truncation <= chain_steps and (
+                    chain_steps % truncation == 0 or estimator_type is not ESSingle)),
+                    f"an integer in [1, task.num_inference_steps={chain_steps}] (the sampling chain's length)"
                     + (", dividing it (ES-Single keeps one ε per chain)" if estimator_type is ESSingle else ""))
             self.problem = SamplingChain(task, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)),
                                          **problem_args)
