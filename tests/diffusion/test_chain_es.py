@@ -146,3 +146,22 @@ def test_resume_on_the_chain_continues_exactly(tiny_task):
     other.step()
     torch.testing.assert_close(other.theta, loop.theta, rtol=0, atol=0)
     assert other.problem.reward_queries == loop.problem.reward_queries
+
+
+def test_an_es_run_writes_adapters_the_mix_command_reads(tiny_task, tmp_path):
+    """The end of an ES-Single run (``plots``) writes ``lora.pt``, ``samples.png`` and ``comparison.md`` with the
+    evaluation metrics; ``metaopt.diffusion.mix`` at scale 1 samples exactly the run's fine-tuned model."""
+    from metaopt.diffusion.mix import mix_runs
+    from metaopt.outer import UnrolledLoop
+
+    loop = UnrolledLoop(tiny_task, functools.partial(ESSingle, num_particles=2, sigma=0.05, truncation_length=4),
+                        functools.partial(torch.optim.Adam, lr=1e-2), generator=torch.Generator().manual_seed(0),
+                        problem={"theta_scale": 1.0, "eval_samples": 3}, steps=1, eval_every=0)
+    loop.step()
+    loop.summary()
+    loop.plots(tmp_path)
+    assert (tmp_path / "samples.png").exists() and "eval_reward" in (tmp_path / "comparison.md").read_text()
+    theta = loop.theta.detach()
+    assert not torch.equal(theta, loop.theta_start)
+    result = mix_runs([tmp_path], [[1.0]], samples=3, seed=0)
+    torch.testing.assert_close(result["rows"][0]["images"], loop.problem.samples(theta), rtol=1e-4, atol=1e-4)
