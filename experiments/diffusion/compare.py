@@ -5,11 +5,14 @@ LoRA scales 0, 0.5, 1.
 
 python -m experiments.diffusion.compare [--steps 60] [--quick]   (writes experiments/diffusion/results/)
 python -m experiments.diffusion.compare --reward digit_accuracy --only DDPO "ES (8 pairs)" --name accuracy
+python -m experiments.diffusion.compare --reward digit_accuracy --only "ES-Single (8 pairs)" "PES (8 pairs)" \
+    --es-steps 8 --eval-every 2 --lr 3e-3 --name accuracy_chain_es     # ~1000 queries, DDPO's budget above
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -23,6 +26,33 @@ from metaopt.tasks.diffusion import DigitsDiffusion
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+class ChainES:
+    """``outer=es_single`` (``estimator="pes"``: ``outer=pes``) on the task (``UnrolledLoop`` with ``ESSingle``
+    over truncations of the sampling chain, θ the LoRA adapters in their own units: ``theta_scale=1``) with a
+    DiffusionLoop's interface."""
+
+    def __init__(self, task, lr: float, generator, num_pairs: int = 8, sigma: float = 0.02, truncation_length: int = 5,
+                 estimator: str = "es_single"):
+        from metaopt.outer import UnrolledLoop
+        from metaopt.unrolled import PES, ESSingle
+
+        kind = {"es_single": ESSingle, "pes": PES}[estimator]
+        self.loop = UnrolledLoop(task, functools.partial(kind, num_particles=2 * num_pairs, sigma=sigma,
+                                                         truncation_length=truncation_length),
+                                 functools.partial(torch.optim.Adam, lr=lr), generator=generator,
+                                 problem={"theta_scale": 1.0}, steps=1, eval_every=0)
+
+    def step(self) -> dict:
+        return self.loop.step()
+
+    def samples(self, scale: float = 1.0):
+        return self.loop.problem.samples(self.loop.theta.detach(), scale)
+
+    @property
+    def reward_queries(self) -> int:
+        return self.loop.problem.reward_queries
+
+
 def methods(lr: float) -> dict:
     def adam(params):
         return torch.optim.Adam(params, lr=lr)
@@ -34,6 +64,8 @@ def methods(lr: float) -> dict:
         "DRaFT-LV (n=2)": lambda task, g: DRaFTLoop(task, adam, variant="lv", num_noises=2, generator=g),
         "DDPO": lambda task, g: DDPOLoop(task, adam, generator=g),
         "ES (8 pairs)": lambda task, g: DiffusionESLoop(task, adam, num_pairs=8, sigma=0.02, generator=g),
+        "ES-Single (8 pairs)": lambda task, g: ChainES(task, lr, g),
+        "PES (8 pairs)": lambda task, g: ChainES(task, lr, g, estimator="pes"),
     }
 
 
@@ -109,6 +141,7 @@ def plot(results: dict, folder: Path, prefix: str, reward: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--es-steps", type=int, default=None, help="steps of the chain ES rows (default --steps)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +159,9 @@ def main() -> None:
     for name, build in methods(args.lr).items():
         if args.only and name not in args.only:
             continue
-        results[name] = run_method(name, build, task, steps, 1 if args.quick else args.eval_every, args.seed)
+        method_steps = args.es_steps if args.es_steps and name.split(" ")[0] in ("ES-Single", "PES") else steps
+        results[name] = run_method(name, build, task, 3 if args.quick else method_steps,
+                                   1 if args.quick else args.eval_every, args.seed)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"args": vars(args), "results": {k: {"curve": v["curve"], "scales": v["scales"]} for k, v in results.items()}},
         indent=1))

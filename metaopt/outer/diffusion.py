@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from metaopt.checks import require
-from metaopt.diffusion.lora import add_lora, set_lora_scale
+from metaopt.diffusion.lora import add_lora, lora_file, set_lora_scale
 from metaopt.diffusion.sampler import DDIMChain, denoiser, randn, sample
 from metaopt.optim.apo.step import meta_learns
 from metaopt.tasks.diffusion.base import DiffusionTask
@@ -65,6 +65,7 @@ class DiffusionLoop:
         self.lora_scale = float(lora_scale)
         self.generator = generator if generator is not None else torch.Generator()
         self.unet = task.pretrained_unet()
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
         self.lora_params = add_lora(self.unet, lora_rank, lora_alpha)
         self.optimizer = optimizer(self.lora_params)
         self.chain = DDIMChain.from_scheduler(task.scheduler())
@@ -106,8 +107,16 @@ class DiffusionLoop:
         self.generator.set_state(state["generator"])
         self.reward_queries = int(state["reward_queries"])
 
+    def lora_file(self) -> dict[str, Any]:
+        """What ``lora.pt`` holds (``metaopt.diffusion.lora_file``): the adapters, their rank and alpha, the
+        task's class and arguments, for ``python -m metaopt.diffusion.mix``."""
+        return lora_file(self.lora_params, self.lora_rank, self.lora_alpha, self.task,
+                         reward_queries=self.reward_queries, loop=type(self).__name__)
+
     def plots(self, folder: Path) -> list[Path]:
-        """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``."""
+        """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``; and
+        ``lora.pt``, the trained adapters (``lora_file``), for ``python -m metaopt.diffusion.mix``."""
+        torch.save(self.lora_file(), Path(folder) / "lora.pt")
         import matplotlib
 
         matplotlib.use("Agg")

@@ -28,7 +28,8 @@ LOOPS_FOR = {
     "game": f"outer=game to play it, outer=grr for diverse solutions, {ES_LOOPS} to tune the players' optimizer",
     "bilevel": "outer=bilevel_cold or outer=bilevel_warm",
     "unrolled": ES_LOOPS,
-    "diffusion": "outer=draft (DRaFT, DRaFT-K, DRaFT-LV), outer=ddpo or outer=draft_es to fine-tune it on its reward",
+    "diffusion": "outer=draft (DRaFT, DRaFT-K, DRaFT-LV), outer=ddpo, outer=draft_es, or an ES loop over its "
+                 "sampling chain (outer=es_single, pes, truncated_es, full_es) to fine-tune it on its reward",
 }
 
 

@@ -16,6 +16,8 @@ from metaopt.checks import require, target_class
 from metaopt.optim.apo.step import meta_learns
 from metaopt.optim.specs import SPECS, spec_for
 from metaopt.tasks.data import Split, SplitData
+from metaopt.tasks.diffusion.base import DiffusionTask
+from metaopt.tasks.diffusion.chain import SamplingChain
 from metaopt.tasks.games.game import Game
 from metaopt.tasks.supervised import SupervisedTask
 from metaopt.tasks.unrolled.apo_run import APOTrainingRun
@@ -23,6 +25,7 @@ from metaopt.tasks.unrolled.game_run import GameRun
 from metaopt.tasks.unrolled.problem import UnrolledProblem
 from metaopt.tasks.unrolled.training_run import TrainingRun
 from metaopt.tasks.unrolled.tuning import TunedRun
+from metaopt.unrolled.es_single import ESSingle
 
 __all__ = ["UnrolledLoop"]
 
@@ -52,8 +55,10 @@ class UnrolledLoop:
 
     ``task`` is an ``UnrolledProblem`` (``InfluenceBalancing``, ``Toy2DSchedule``), a ``SupervisedTask``
     (wrapped in a ``TrainingRun``: a whole training run; with APO, an ``APOTrainingRun``, whose θ are
-    APO's own hyperparameters) or a ``Game`` (wrapped in a ``GameRun``: a whole
-    game run). The wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
+    APO's own hyperparameters), a ``Game`` (wrapped in a ``GameRun``: a whole game run) or a
+    ``DiffusionTask`` (wrapped in a ``SamplingChain``: its DDIM chain, θ its LoRA adapters, updated by
+    ``outer_optimizer``; ``problem`` the chain's arguments: ``theta_scale``, ``lora_rank``, ``eval_samples``,
+    …). The supervised and game wrappers train with ``optimizer``, the factory of ``cfg.optimizer``, through its
     functional core (its spec, ``metaopt.optim.specs``): θ are its hyperparameters, by default its
     natural knobs from the values the factory carries; ``problem`` holds the wrapper's arguments
     (``tuned``, ``schedule``, ``per_layer``, ``horizon``, …). ``estimator`` and ``outer_optimizer`` are
@@ -66,13 +71,20 @@ class UnrolledLoop:
     particle states, accumulators, generators, θ and the outer optimizer state.
     """
 
-    accepts = ("supervised", "game", "unrolled")
+    accepts = ("supervised", "game", "unrolled", "diffusion")
 
     @staticmethod
     def optimizer_refusal(optimizer: type, kind: str | None, outer: Any = None) -> str | None:
+        estimator = target_class((outer or {}).get("estimator"))
+        if kind == "diffusion":  # θ are the LoRA adapters, updated by outer.outer_optimizer: cfg.optimizer unused
+            if estimator is not None and getattr(estimator, "differentiates", False):
+                return (f"{estimator.__name__} on a diffusion task's sampling chain: the ES loops copy θ into the "
+                        "adapters, which is not differentiable; truncated backpropagation through the chain is "
+                        "DRaFT-K (use outer=draft outer.variant=truncated, or an ES loop: outer=es_single, pes, "
+                        "truncated_es, full_es)")
+            return None
         if kind == "unrolled" or spec_for(optimizer) is not None:
             return None
-        estimator = target_class((outer or {}).get("estimator"))
         if meta_learns(optimizer) and kind in ("supervised", None):
             if estimator is not None and getattr(estimator, "differentiates", False):
                 return (f"{estimator.__name__} differentiates through the inner steps, and a training run with "
@@ -97,8 +109,32 @@ class UnrolledLoop:
                 "a non-negative integer (0: only at the end)")
         problem_args = dict(_plain(problem) or {})
         optimizer = optimizer if optimizer is not None else "sgd"
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        estimator_type = getattr(estimator, "func", estimator)
         if isinstance(task, UnrolledProblem):
             self.problem = task
+        elif isinstance(task, DiffusionTask):
+            # The shared config's training-run arguments do not apply to a sampling chain (its horizon is
+            # task.num_inference_steps, its θ the LoRA adapters): refuse a compile that would be ignored.
+            require("outer.problem.compile", problem_args.get("compile"), not problem_args.pop("compile", False),
+                    "false for a diffusion task (compile=true applies to supervised training runs)")
+            for key in ("tuned", "schedule", "per_layer", "horizon", "meta_split"):
+                problem_args.pop(key, None)
+            require("outer.estimator", getattr(estimator_type, "__name__", repr(estimator_type)),
+                    not getattr(estimator_type, "differentiates", False),
+                    "an ES estimator (pes, es_single, truncated_es, full_es): the sampling chain's θ are copied "
+                    "into the LoRA adapters (TBPTT through the chain is outer=draft outer.variant=truncated)")
+            # the estimator's truncation against the chain's length, before the UNet is built (or pretrained)
+            truncation = getattr(estimator, "keywords", {}).get("truncation_length")
+            chain_steps = task.num_inference_steps
+            require("outer.estimator.truncation_length", truncation, truncation is None or (
+                isinstance(truncation, int) and 1 <= truncation <= chain_steps and (
+                    chain_steps % truncation == 0 or estimator_type is not ESSingle)),
+                    f"an integer in [1, task.num_inference_steps={chain_steps}] (the sampling chain's length)"
+                    + (", dividing it (ES-Single keeps one ε per chain)" if estimator_type is ESSingle else ""))
+            self.problem = SamplingChain(task, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)),
+                                         **problem_args)
         elif isinstance(task, Game):
             # Supervised-only arguments of the shared config: refuse a value that would be ignored.
             require("outer.problem.compile", problem_args.get("compile"), not problem_args.pop("compile", False),
@@ -111,7 +147,6 @@ class UnrolledLoop:
             _rank_device(task)
             run = APOTrainingRun if meta_learns(optimizer) else TrainingRun
             self.problem = run(task, optimizer, **problem_args)
-        estimator_type = getattr(estimator, "func", estimator)
         require("outer.estimator", getattr(estimator_type, "__name__", repr(estimator_type)),
                 getattr(self.problem, "differentiable", True) or not getattr(estimator_type, "differentiates", False),
                 f"an ES estimator (pes, es_single, truncated_es, full_es): {type(self.problem).__name__} is not "
@@ -122,13 +157,13 @@ class UnrolledLoop:
         init_distributed(self.problem.device)
         self.num_steps = steps
         self.eval_every = eval_every
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         self.estimator = estimator(problem=self.problem, seed=seed)
         self.theta = torch.nn.Parameter(self.problem.initial_theta())
         self.theta_start = self.theta.detach().clone()
         self.outer_optimizer = outer_optimizer([self.theta])
-        self.trajectory: list[list[float]] = [self.theta.tolist()]
+        # θ of every step, for the report (not for a problem with a large θ, e.g. a diffusion model's adapters)
+        self.record_trajectory = getattr(self.problem, "record_trajectory", True)
+        self.trajectory: list[list[float]] = [self.theta.tolist()] if self.record_trajectory else []
         self._final: dict[str, dict[str, float]] | None = None
 
     def step(self) -> dict[str, float]:
@@ -140,10 +175,12 @@ class UnrolledLoop:
             self.outer_optimizer.zero_grad(set_to_none=True)
             self.theta.grad = gradient.to(self.theta.dtype)
             self.outer_optimizer.step()
-        self.trajectory.append(self.theta.tolist())
+        if self.record_trajectory:
+            self.trajectory.append(self.theta.tolist())
+        counters = getattr(self.problem, "counters", None)  # e.g. a sampling chain's reward queries
         return {"unroll_loss": float("nan") if all_diverged else info["loss"],
                 "estimate_norm": float(gradient.norm()), "num_diverged": float(info["num_diverged"]),
-                **self.problem.describe(self.theta.detach())}
+                **self.problem.describe(self.theta.detach()), **(counters() if counters else {})}
 
     def evaluate(self) -> dict[str, float]:
         return self.problem.evaluate(self.theta.detach())
@@ -169,14 +206,19 @@ class UnrolledLoop:
         self._final = self._comparison()
         out: dict[str, Any] = dict(self._final["tuned"])
         out.update({f"theta.{k}": v for k, v in self.problem.describe(self.theta.detach()).items()})
+        if hasattr(self.problem, "counters"):
+            out.update(self.problem.counters())
         for name, metrics in self._final.items():
             if name != "tuned":
                 out.update({f"{name}.{k}": v for k, v in metrics.items()})
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta.detach().clone(), "outer_optimizer": self.outer_optimizer.state_dict(),
-                "estimator": self.estimator.state_dict(), "trajectory": [list(t) for t in self.trajectory]}
+        state = {"theta": self.theta.detach().clone(), "outer_optimizer": self.outer_optimizer.state_dict(),
+                 "estimator": self.estimator.state_dict(), "trajectory": [list(t) for t in self.trajectory]}
+        if hasattr(self.problem, "state_dict"):  # e.g. a sampling chain's count of reward queries
+            state["problem"] = self.problem.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -184,16 +226,22 @@ class UnrolledLoop:
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
         self.estimator.load_state_dict(state["estimator"])
         self.trajectory = [list(t) for t in state["trajectory"]]
+        if hasattr(self.problem, "load_state_dict"):
+            self.problem.load_state_dict(state["problem"])
 
     def plots(self, folder: Path) -> list[Path]:
         from metaopt.outer.unrolled_report import plot_unrolled_run, write_comparison_table
 
         final = self._final if self._final is not None else self._comparison()
-        trajectory = torch.tensor(self.trajectory)
-        paths = [plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png")]
-        save = getattr(self.problem, "save", None)  # a problem whose θ is a product (a learned optimizer)
+        paths = []
+        if self.record_trajectory:
+            trajectory = torch.tensor(self.trajectory)
+            paths.append(plot_unrolled_run(self.problem, trajectory, final, Path(folder) / "unrolled.png"))
+        # a problem whose θ is a product (a learned optimizer, a diffusion model's LoRA adapters)
+        save = getattr(self.problem, "save", None)
         if save is not None:
-            save(self.theta.detach(), Path(folder))
+            saved = save(self.theta.detach(), Path(folder))
+            paths += saved if isinstance(saved, list) else []  # figures to log
         write_comparison_table(self.problem, self.theta_start, self.theta.detach(), final,
                                Path(folder) / "comparison.md")
         return paths

@@ -17,7 +17,9 @@ from metaopt.tasks.unrolled.tuning import TunedRun  # noqa: E402
 __all__ = ["plot_unrolled_run", "write_comparison_table", "comparison_rows"]
 
 _COLUMNS = ("meta_objective", "val_loss", "val_accuracy", "test_accuracy", "distance_to_optimum", "distance",
-            "modes_covered", "high_quality_fraction")
+            "modes_covered", "high_quality_fraction",
+            # a diffusion task's sampling chain (SamplingChain)
+            "eval_reward", "eval_accuracy", "eval_class_entropy", "eval_data_distance")
 
 
 def _setting(problem: UnrolledProblem, theta: torch.Tensor) -> str:

@@ -15,7 +15,7 @@ __all__ = ["FolderInUseError", "RunFolderLock", "RESULT_FILES"]
 
 LOCK = ".lock"
 # The files of a run's results (README, "What a run writes"): a fresh run refuses to replace them.
-RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "curves.png")
+RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoint.pt", "curves.png", "lora.pt")
 
 
 class FolderInUseError(RuntimeError):

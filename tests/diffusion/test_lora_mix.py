@@ -58,5 +58,5 @@ def test_bad_mixes_are_refused(tiny_task):
     (_, first), _ = _adapters(tiny_task, [0, 1])
     with pytest.raises(ValueError, match=r"invalid scales: \[1\.0\] \(allowed: one scale per adapter \(2\)"):
         mix_loras(tiny_task.pretrained_unet(), [first, first], [1.0], rank=2, alpha=2.0)
-    with pytest.raises(ValueError, match=r"invalid adapters: .*LoRA shapes \(rank 4"):
+    with pytest.raises(ValueError, match=r"invalid adapters\[0\]: .*LoRA shapes \(rank 4"):
         mix_loras(tiny_task.pretrained_unet(), [first], [1.0], rank=4, alpha=4.0)

@@ -24,6 +24,10 @@ TINY_DIFFUSION = ["outer.steps=2", "outer.eval_every=0", "outer.eval_samples=4",
                   "task.pretrain_batch_size=8", "task.classifier_steps=5", "task.num_inference_steps=2",
                   "task.batch_size=2"]
 
+# an ES loop on the diffusion task's sampling chain (2 DDIM steps): 1 antithetic pair, truncations of 1 step
+TINY_CHAIN = [o for o in TINY_DIFFUSION if not o.startswith("outer.eval_samples")] + [
+    "outer.estimator.num_particles=2", "+outer.problem.eval_samples=4"]
+
 # Tiny settings of each kind of loop (the defaults otherwise).
 TINY = {
     "none": ["outer.steps=3", "outer.eval_every=0"],
@@ -42,14 +46,16 @@ TINY = {
 # The task of each kind: supervised for plain/APO training and the ES loops, a game for outer=game and the
 # ES loops (a whole game run is an unrolled problem too), a bilevel problem for the bilevel loops.
 TASKS = {"none": ["digits_mlp"], "apo": ["digits_mlp"], "game": ["bilinear_game"], "grr": ["ipd"],
-         **{es: ["digits_mlp", "bilinear_game"] for es in ES},
+         **{es: ["digits_mlp", "bilinear_game", "digits_diffusion"] for es in ES},
          "bilevel_cold": ["digits_l2"], "bilevel_warm": ["digits_l2"],
          **{diffusion: ["digits_diffusion"] for diffusion in DIFFUSION}}
 
 
 def expected_refusal(optimizer: str, outer: str, task: str) -> str | None:
     """The message a refused pairing must contain; ``None`` where it must run."""
-    if optimizer not in APO:
+    if task == "digits_diffusion" and outer == "tbptt":
+        return "TBPTT on a diffusion task's sampling chain.*DRaFT-K"
+    if optimizer not in APO or task == "digits_diffusion" and outer in ES:  # ES: θ are the LoRA adapters
         return None
     if outer in DIFFUSION:
         return "its meta-step needs a supervised model and batches, which a diffusion fine-tuning task"
@@ -69,8 +75,11 @@ CASES = [(optimizer, outer, task) for outer in OUTERS for optimizer in OPTIMIZER
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("optimizer,outer,task", CASES, ids=[f"{o}-{l}-{t}" for o, l, t in CASES])
 def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_path, diffusion_cache):
+    tiny = TINY[outer]
+    if task == "digits_diffusion" and outer in ES:
+        tiny = TINY_CHAIN + ([] if outer == "full_es" else ["outer.estimator.truncation_length=1"])
     overrides = [f"task={task}", f"optimizer={optimizer}", f"outer={outer}", "logger=none", "progress=false",
-                 "name=matrix", *TINY[outer]]
+                 "name=matrix", *tiny]
     if outer == "apo" and optimizer not in APO:
         overrides.remove("optimizer.meta_interval=2")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -88,7 +97,7 @@ def test_pairing_runs_or_is_refused_before_any_work(optimizer, outer, task, tmp_
                           if isinstance(v, float))
 
 
-NOT_DIFFUSION = [outer for outer in OUTERS if outer not in DIFFUSION]
+NOT_DIFFUSION = [outer for outer in OUTERS if outer not in DIFFUSION and outer not in ES]
 
 
 @pytest.mark.parametrize("outer", NOT_DIFFUSION)

@@ -18,7 +18,12 @@ class DiffusionTask:
     ``scheduler()`` is the ``diffusers.DDIMScheduler`` with ``num_inference_steps`` set; ``reward(images)``
     scores samples (one number per image), ``reward_differentiable`` says whether its gradient in the images
     is meaningful; ``metrics(images)`` are evaluation numbers of a batch of samples.
+
+    ``config`` (the constructor's arguments) lets a trained LoRA be re-attached to its task later
+    (``metaopt.diffusion.mix``); ``base_model_key()`` says which pretrained UNet the task fine-tunes.
     """
+
+    config: dict[str, Any] | None = None
 
     batch_size: int
     num_inference_steps: int
@@ -37,3 +42,7 @@ class DiffusionTask:
 
     def metrics(self, images: Tensor) -> dict[str, float]:
         raise NotImplementedError
+
+    def base_model_key(self) -> dict[str, Any] | None:
+        """What determines ``pretrained_unet()``; ``None`` when unknown."""
+        return None

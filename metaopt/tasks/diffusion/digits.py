@@ -65,6 +65,8 @@ class DigitsDiffusion(DiffusionTask):
                  block_out_channels: Sequence[int] = (16, 32), layers_per_block: int = 1, norm_num_groups: int = 8,
                  num_train_timesteps: int = 1000, pretrain_steps: int = 1500, pretrain_batch_size: int = 64,
                  pretrain_lr: float = 2e-3, classifier_steps: int = 400, seed: int = 0, device: str = "cpu"):
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config["block_out_channels"] = list(block_out_channels)
         self.reward_name = reward
         self._reward = reward_named(reward)
         require("target_digit", target_digit, isinstance(target_digit, int) and 0 <= target_digit <= 9,
@@ -104,6 +106,11 @@ class DigitsDiffusion(DiffusionTask):
         self._classifier: DigitClassifier | None = None
         self._data: Tensor | None = None
 
+    def base_model_key(self) -> dict[str, Any]:
+        """What determines the pretrained UNet (its architecture, its DDPM training, the data): two tasks with
+        the same key fine-tune the same base model, so their LoRAs can be mixed."""
+        return {"unet": self._unet_config, "pretrain": self._pretrain, "data": "sklearn-digits-train"}
+
     def _training_images(self) -> tuple[Tensor, Tensor]:
         train = load_digits().train
         return train.inputs, train.targets
@@ -131,10 +138,11 @@ class DigitsDiffusion(DiffusionTask):
                 images = inputs.view(-1, *self.image_shape) * 2 - 1
                 alphas = self.scheduler().alphas_cumprod.float()
                 p = self._pretrain
-                return train_ddpm(unet, images, alphas, p["steps"], p["batch_size"], p["lr"], p["seed"]).state_dict()
+                with torch.enable_grad():
+                    return train_ddpm(unet, images, alphas, p["steps"], p["batch_size"], p["lr"],
+                                      p["seed"]).state_dict()
 
-            key = {"unet": self._unet_config, "pretrain": self._pretrain, "data": "sklearn-digits-train"}
-            self._unet_state = cached_state("digits_ddpm", key, build)
+            self._unet_state = cached_state("digits_ddpm", self.base_model_key(), build)
         unet = self.build_unet()
         unet.load_state_dict(copy.deepcopy(self._unet_state))
         return unet.to(self.device).eval().requires_grad_(False)
@@ -144,7 +152,8 @@ class DigitsDiffusion(DiffusionTask):
         if self._classifier is None:
             def build() -> dict[str, Tensor]:
                 inputs, targets = self._training_images()
-                return train_classifier(inputs, targets, self._classifier_steps, self.seed).state_dict()
+                with torch.enable_grad():  # first asked for inside a sampler's no_grad (an ES loop)
+                    return train_classifier(inputs, targets, self._classifier_steps, self.seed).state_dict()
 
             key = {"steps": self._classifier_steps, "seed": self.seed, "data": "sklearn-digits-train", "hidden": 128}
             classifier = DigitClassifier()
