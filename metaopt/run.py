@@ -335,6 +335,7 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
     from metaopt.runner.plots import plot_curves
 
     log_every, checkpoint_every, eval_every = cfg.log_every, cfg.checkpoint_every, loop.eval_every
+    eval_images = getattr(loop, "eval_images", None)
     # The metrics averaged since the last logged step travel in checkpoints, so that a checkpoint
     # between two logged steps resumes into the same averages.
     window: dict[str, float] = dict(checkpoint.get("window", {})) if checkpoint else {}
@@ -363,6 +364,8 @@ def _train(cfg: DictConfig, loop, logger, folder: Path, start: int, elapsed: flo
             if is_eval:
                 record.update(loop.evaluate())
             logger.log(step, record, evaluation=bool(is_eval))
+            if is_eval and eval_images is not None:  # e.g. a diffusion loop's grid of samples at every evaluation
+                logger.log_images(eval_images(folder, step), step=step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(record.items())[:3]}, refresh=False)
             window, count = {}, 0
         bar.update(1)

@@ -87,7 +87,13 @@ class DiffusionLoop:
             set_lora_scale(self.unet, 1.0)
 
     def evaluate(self) -> dict[str, float]:
-        return {f"eval_{k}": v for k, v in self.task.metrics(self.samples()).items()}
+        self._eval_samples = self.samples()
+        return {f"eval_{k}": v for k, v in self.task.metrics(self._eval_samples).items()}
+
+    def eval_images(self, folder: Path, step: int) -> dict[str, Path]:
+        """The samples of the evaluation just made, as ``samples/eval_<step>.png`` in the run folder (the
+        dashboard's ``eval_samples``, with a step slider): where reward hacking shows first."""
+        return {"eval_samples": save_sample_grid(self._eval_samples, Path(folder) / "samples" / f"eval_{step:06d}.png")}
 
     def summary(self) -> dict[str, Any]:
         return {**self.evaluate(), "reward_queries": self.reward_queries}
@@ -135,6 +141,16 @@ class DiffusionLoop:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return [path]
+
+
+def save_sample_grid(images: Tensor, path: Path, count: int = 64) -> Path:
+    """The first ``count`` images (values in [−1, 1]) as one grayscale PNG grid at ``path`` (folders made)."""
+    from matplotlib.image import imsave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = image_grid(images[:count]).repeat_interleave(4, 0).repeat_interleave(4, 1)  # 8x8 digits: 4x larger
+    imsave(path, grid.numpy(), cmap="gray", vmin=-1, vmax=1)
+    return path
 
 
 def image_grid(images: Tensor, columns: int = 8, pad: int = 1) -> Tensor:

@@ -18,6 +18,9 @@ class Loop(Protocol):
     written to ``summary.json``; ``state_dict``/``load_state_dict`` hold everything needed to resume
     exactly (model, optimizers, particle states, generators). ``plots`` may write extra PNGs into a
     folder and return their paths.
+
+    Optional: ``eval_images(folder, step) -> {key: path}``, images of the evaluation just made (written
+    into the run folder, sent to the dashboard under ``key`` at ``step``), e.g. a diffusion loop's samples.
     """
 
     num_steps: int

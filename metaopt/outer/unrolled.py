@@ -185,6 +185,12 @@ class UnrolledLoop:
     def evaluate(self) -> dict[str, float]:
         return self.problem.evaluate(self.theta.detach())
 
+    @property
+    def eval_images(self):
+        """The problem's images of each evaluation (e.g. a sampling chain's samples), where it makes some."""
+        images = getattr(self.problem, "eval_images", None)
+        return None if images is None else (lambda folder, step: images(self.theta.detach(), folder, step))
+
     def _comparison(self) -> dict[str, dict[str, float]]:
         """Evaluations of the starting θ, the tuned θ and (a tuned optimizer with ``grid``) the best grid point."""
         if not isinstance(self.problem, TunedRun):

@@ -77,8 +77,10 @@ class LocalLogger:
         tmp.write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n")
         os.replace(tmp, self.folder / "summary.json")
 
-    def log_images(self, paths: list[Path], step: int | None = None) -> None:
-        pass
+    def log_images(self, paths: list[Path] | dict[str, Path], step: int | None = None) -> None:
+        """Images already written into the run folder: ``paths`` (each under its file's stem) or
+        ``{key: path}``, e.g. the same key at every evaluation so that a dashboard shows one image with a
+        step slider. The local files are the record; a dashboard logger also sends them."""
 
     def finish(self, exit_code: int = 0) -> None:
         if not self._file.closed:
@@ -188,9 +190,10 @@ class WandbLogger(LocalLogger):
                                                          data=[[k, str(v)] for k, v in rows])},
                      step=self._last_step)
 
-    def log_images(self, paths: list[Path], step: int | None = None) -> None:
+    def log_images(self, paths: list[Path] | dict[str, Path], step: int | None = None) -> None:
         self._send_pending()
-        images = {Path(p).stem: self._wandb.Image(str(p)) for p in paths}
+        named = paths.items() if isinstance(paths, dict) else ((Path(p).stem, p) for p in paths)
+        images = {key: self._wandb.Image(str(p)) for key, p in named}
         if images:
             self.run.log(images, step=self._last_step if step is None else step)
 

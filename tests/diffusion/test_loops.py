@@ -108,3 +108,32 @@ def test_a_short_run_raises_the_reward(tiny_task, tiny, variant):
         gains.append(loop.evaluate()["eval_reward"] - before)
         assert loop.reward_queries > 0
     assert sum(gains) / len(gains) > 0.05, gains
+
+
+@pytest.mark.parametrize("outer", ["draft", "es_single"])
+def test_every_evaluation_sends_its_grid_of_samples(outer, tiny_task, tiny, make_config, tmp_path, monkeypatch):
+    # The dashboard's image of each evaluation, under one key with a step slider, and its file in the run folder
+    # (DRaFT's loops and the ES estimators over the sampling chain alike).
+    from metaopt.run import run
+    from metaopt.runner.loggers import LocalLogger
+
+    sent = []
+    monkeypatch.setattr(LocalLogger, "log_images",
+                        lambda self, paths, step=None: sent.append((step, dict(paths) if isinstance(paths, dict)
+                                                                    else [p.name for p in paths])))
+    overrides = [f"task.{k}={v}" for k, v in tiny.items()]
+    extra = (["outer.variant=truncated", "outer.eval_samples=8"] if outer == "draft"
+             else ["outer.estimator.num_particles=2", "outer.estimator.truncation_length=2", "+outer.problem.eval_samples=8"])
+    cfg = make_config("task=digits_diffusion", f"outer={outer}", "outer.steps=4", "outer.eval_every=2",
+                      "checkpoint_every=0", *overrides, *extra)
+    run(cfg, tmp_path / "run")
+    per_eval = [(step, paths) for step, paths in sent if step is not None]
+    assert [step for step, _ in per_eval] == [2, 4]
+    assert all(list(paths) == ["eval_samples"] for _, paths in per_eval)
+    files = [paths["eval_samples"] for _, paths in per_eval]
+    assert [f.name for f in files] == ["eval_000002.png", "eval_000004.png"]
+    assert all(f.parent == tmp_path / "run" / "samples" and f.stat().st_size > 0 for f in files)
+    from matplotlib.image import imread
+
+    first, last = imread(files[0]), imread(files[1])
+    assert first.shape == last.shape and first.shape[0] > 8  # a grid, not one digit

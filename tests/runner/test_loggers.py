@@ -100,3 +100,20 @@ def test_the_offline_run_holds_every_evaluation_the_config_the_summary_and_the_p
     assert run["summary"]["val_loss"] == pytest.approx(summary["val_loss"])
     assert run["history"][-1]["_step"] == 300 and run["history"][-1]["curves"]["_type"] == "image-file"
     assert any(p.startswith("media/images/curves") for p in run["files"])
+
+
+def test_images_of_an_evaluation_reach_wandb_under_their_key_at_their_step(tmp_path):
+    from matplotlib.image import imsave
+
+    logger = WandbLogger(tmp_path, mode="disabled", min_interval=3600.0)
+    sent = _capture(logger)
+    path = tmp_path / "samples" / "eval_000050.png"
+    path.parent.mkdir()
+    imsave(path, [[0.0, 1.0], [1.0, 0.0]], cmap="gray")
+    logger.log(50, {"loss": 1.0, "val_loss": 0.5}, evaluation=True)
+    logger.log_images({"eval_samples": path}, step=50)
+    logger.log_images([path])  # a list: each image under its file's stem, at the last step
+    logger.finish()
+    assert [(step, list(record)) for step, record in sent] == [
+        (50, ["loss", "val_loss"]), (50, ["eval_samples"]), (50, ["eval_000050"])]
+    assert type(sent[1][1]["eval_samples"]).__name__ == "Image"

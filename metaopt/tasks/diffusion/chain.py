@@ -130,7 +130,17 @@ class SamplingChain(UnrolledProblem):
             set_lora_scale(self.unet, 1.0)
 
     def evaluate(self, theta: Tensor) -> dict[str, float]:
-        return {f"eval_{k}": v for k, v in self.task.metrics(self.samples(theta)).items()}
+        self._eval_samples = self.samples(theta)
+        return {f"eval_{k}": v for k, v in self.task.metrics(self._eval_samples).items()}
+
+    def eval_images(self, theta: Tensor, folder: Path, step: int) -> dict[str, Path]:
+        """The samples of the last evaluation as ``samples/eval_<step>.png`` (as the DRaFT loops write them)."""
+        from metaopt.outer.diffusion import save_sample_grid
+
+        samples = getattr(self, "_eval_samples", None)
+        if samples is None:
+            samples = self.samples(theta)
+        return {"eval_samples": save_sample_grid(samples, Path(folder) / "samples" / f"eval_{step:06d}.png")}
 
     def counters(self) -> dict[str, float]:
         """Running totals for the loop's logs: the images the reward has scored in training."""
