@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments.hpo_comparison.run import LABELS, METHODS  # noqa: E402
 from metaopt.runner.report import markdown_table  # noqa: E402
 
-ES = ("es_single", "pes")
-COLOURS = {"es_single": "C0", "pes": "C1", "random": "C2", "tpe": "C3"}
+ES = ("es_single", "pes", "es_single_cosine")
+COLOURS = {"es_single": "C0", "pes": "C1", "es_single_cosine": "C4", "random": "C2", "tpe": "C3"}
 
 
 def _load(folder: Path) -> dict[str, dict[str, list[dict]]]:
@@ -111,7 +111,7 @@ def _tables(problem: str, runs: dict[str, list[dict]]) -> list[str]:
 
 
 def _plot(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path:
-    problems = [p for p in ("3", "12") if p in runs]
+    problems = [p for p in ("3", "12", "20") if p in runs]
     fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2), squeeze=False)
     for ax, problem in zip(axes[0], problems):
         first = next(iter(runs[problem].values()))[0]
@@ -146,7 +146,7 @@ def report(results: Path, out: Path) -> None:
         raise SystemExit(f"no results in {results}: run python -m experiments.hpo_comparison.run first")
     lines = ["# Compute-matched search: results", "",
              "Written by `python -m experiments.hpo_comparison.run --report` from `results/*.json`.", ""]
-    for problem in ("3", "12"):
+    for problem in ("3", "12", "20"):
         if problem in runs:
             lines += _tables(problem, runs[problem])
     (out / "results.md").write_text("\n".join(lines))

@@ -104,7 +104,7 @@ def test_tuned_weight_decay_equals_torch_sgd_on_a_step(digits_task):
     (lambda p: PES(p, 8, sigma=0.1, truncation_length=2), 8 * 2),
     (lambda p: ESSingle(p, 8, sigma=0.1, truncation_length=2), 8 * 2),
     (lambda p: TruncatedES(p, 8, sigma=0.1, truncation_length=2), 8 * 2 + 2),   # + the shared trajectory
-    (lambda p: FullES(p, 8, sigma=0.1, truncation_length=2), 8 * 4),           # whole problems of T=4
+    (lambda p: FullES(p, 8, sigma=0.1, truncation_length=3), 8 * 4),           # T=4 in chunks of 3 and 1
     (lambda p: TBPTT(p, 2, truncation_length=2), 2 * 2),
 ])
 def test_every_estimator_counts_the_inner_steps_it_spends(estimator, per_estimate, linear_quadratic):
