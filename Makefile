@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[runner,launchers,sweepers,diffusion,dev]"
+	$(PY) -m pip install -q -e ".[runner,launchers,sweepers,hpo,diffusion,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -166,6 +166,11 @@ class UnrolledLoop:
         self.trajectory: list[list[float]] = [self.theta.tolist()] if self.record_trajectory else []
         self._final: dict[str, dict[str, float]] | None = None
 
+    @property
+    def steps_spent(self) -> int:
+        """Inner steps the estimator has run so far, over all particles (``GradientEstimator.steps_spent``)."""
+        return self.estimator.steps_spent
+
     def step(self) -> dict[str, float]:
         gradient, info = self.estimator.estimate(self.theta.detach())
         # Every particle diverged: the estimate is NaN and the runner stops on the NaN loss; θ (and the
@@ -180,7 +185,8 @@ class UnrolledLoop:
         counters = getattr(self.problem, "counters", None)  # e.g. a sampling chain's reward queries
         return {"unroll_loss": float("nan") if all_diverged else info["loss"],
                 "estimate_norm": float(gradient.norm()), "num_diverged": float(info["num_diverged"]),
-                **self.problem.describe(self.theta.detach()), **(counters() if counters else {})}
+                "steps_spent": float(self.steps_spent), **self.problem.describe(self.theta.detach()),
+                **(counters() if counters else {})}
 
     def evaluate(self) -> dict[str, float]:
         return self.problem.evaluate(self.theta.detach())
@@ -192,20 +198,26 @@ class UnrolledLoop:
         return None if images is None else (lambda folder, step: images(self.theta.detach(), folder, step))
 
     def _comparison(self) -> dict[str, dict[str, float]]:
-        """Evaluations of the starting θ, the tuned θ and (a tuned optimizer with ``grid``) the best grid point."""
+        """Evaluations of the starting θ, the tuned θ and (a tuned optimizer with ``grid``) the best grid point,
+        each with ``steps_spent``, the inner steps its search cost: 0 for the start, the estimator's
+        particle-steps for the tuned θ, every grid point's whole run (``points × horizon``) for the grid's
+        best. The evaluations made for this comparison (one run per row) are not counted."""
+        tuned_cost = {"steps_spent": float(self.steps_spent)}
         if not isinstance(self.problem, TunedRun):
-            return {"start": self.problem.evaluate(self.theta_start), "tuned": self.evaluate()}
+            return {"start": {**self.problem.evaluate(self.theta_start), "steps_spent": 0.0},
+                    "tuned": {**self.evaluate(), **tuned_cost}}
         candidates = [self.theta_start, self.theta.detach()]
         settings = []
         if self.grid:
             settings = [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
         candidates += [self.problem.theta_for(**s) for s in settings]
         results = self.problem.evaluate_many(torch.stack(candidates))
-        out = {"start": results[0], "tuned": results[1]}
+        out = {"start": {**results[0], "steps_spent": 0.0}, "tuned": {**results[1], **tuned_cost}}
         if settings:
             best = min(range(len(settings)), key=lambda i: results[2 + i]["meta_objective"])
             setting = {f"setting.{k}": float(v) for k, v in settings[best].items()}
-            out["grid_best"] = {**results[2 + best], **setting}
+            out["grid_best"] = {**results[2 + best], "steps_spent": float(len(settings) * self.problem.horizon),
+                                **setting}
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -28,8 +28,11 @@ def _setting(problem: UnrolledProblem, theta: torch.Tensor) -> str:
 
 def comparison_rows(problem: UnrolledProblem, theta_start: torch.Tensor, theta_tuned: torch.Tensor,
                     final: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (start, best grid point, tuned) of the comparison table."""
+    """Header and rows (start, best grid point, tuned) of the comparison table: each row's setting, what
+    finding it cost (``steps_spent``: inner training steps, one particle's step counting one, when the
+    loop records it) and what it achieved."""
     columns = [c for c in _COLUMNS if any(c in m for m in final.values())]
+    cost = ["steps_spent"] if any("steps_spent" in m for m in final.values()) else []
     rows = []
     for name in ("start", "grid_best", "tuned"):
         if name not in final:
@@ -42,8 +45,9 @@ def comparison_rows(problem: UnrolledProblem, theta_start: torch.Tensor, theta_t
         else:
             setting = ", ".join(f"{k.split('.', 1)[1]}={v:.4g}" for k, v in metrics.items()
                                 if k.startswith("setting."))
-        rows.append([name, setting, *(f"{metrics[c]:.4g}" for c in columns)])
-    return ["", "setting", *columns], rows
+        spent = [f"{int(metrics['steps_spent']):,}" if "steps_spent" in metrics else ""] if cost else []
+        rows.append([name, setting, *spent, *(f"{metrics[c]:.4g}" for c in columns)])
+    return ["", "setting", *cost, *columns], rows
 
 
 def write_comparison_table(problem: UnrolledProblem, theta_start: torch.Tensor, theta_tuned: torch.Tensor,

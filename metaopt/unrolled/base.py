@@ -43,6 +43,11 @@ class GradientEstimator:
     was NaN/Inf: they and their antithetic partners are dropped from the estimate and reset),
     ``num_diverged`` (all ranks) and ``particle_estimates`` (this rank's per-particle terms whose
     mean over kept particles is the estimate; zero rows where dropped), for variance diagnostics.
+
+    ``steps_spent`` counts the inner steps the estimator has run, over all particles of all ranks (one
+    particle advancing one step is one step; an unperturbed trajectory such as truncated ES's shared one
+    counts too): the compute a search spends, comparable with a hyperparameter search's training runs
+    (``trials × horizon``). It is checkpointed with the estimator.
     """
 
     uses_noise = True
@@ -81,6 +86,7 @@ class GradientEstimator:
         self.streams = torch.cat([self.local_streams] * (2 if self.antithetic else 1))
         self.noise_generator = torch.Generator().manual_seed(seed)
         self.data_generator = torch.Generator().manual_seed(seed + 1)
+        self.steps_spent = 0
 
     @property
     def local_particles(self) -> int:
@@ -115,8 +121,9 @@ class GradientEstimator:
         return steps.to(self.problem.device)[self.streams]
 
     def _unroll(self, state: ParticleState, theta: torch.Tensor, num_steps: int | None = None):
-        return self.problem.unroll(state, theta, num_steps or self.truncation_length, self.data_generator,
-                                   self.streams, self.num_streams)
+        num_steps = num_steps or self.truncation_length
+        self.steps_spent += self.num_particles * num_steps
+        return self.problem.unroll(state, theta, num_steps, self.data_generator, self.streams, self.num_streams)
 
     def _any_rank(self, mask: torch.Tensor) -> bool:
         """Whether ``mask`` is true for some particle on some rank."""
@@ -157,11 +164,13 @@ class GradientEstimator:
     def state_dict(self) -> dict[str, Any]:
         """Generators and this rank's particle states and accumulators: enough to resume exactly."""
         return {"noise_generator": self.noise_generator.get_state(),
-                "data_generator": self.data_generator.get_state(), **self._extra_state()}
+                "data_generator": self.data_generator.get_state(), "steps_spent": self.steps_spent,
+                **self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.noise_generator.set_state(state["noise_generator"])
         self.data_generator.set_state(state["data_generator"])
+        self.steps_spent = int(state.get("steps_spent", 0))  # 0 for a checkpoint from before the count
         self._load_extra_state(state)
 
     def _extra_state(self) -> dict[str, Any]:

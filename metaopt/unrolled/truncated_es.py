@@ -37,6 +37,7 @@ class TruncatedES(GradientEstimator):
         after_particles = self.data_generator.get_state()
         self.data_generator.set_state(generator_state)
         stream_zero = torch.zeros(1, dtype=torch.long, device=self.problem.device)
+        self.steps_spent += self.truncation_length
         self.shared, _, _ = self.problem.unroll(self.shared, theta[None], self.truncation_length,
                                                 self.data_generator, stream_zero, self.num_streams)
         self.data_generator.set_state(after_particles)

@@ -53,7 +53,29 @@ def test_every_estimator_config_tunes_digits(outer, tmp_path):
     summary = loop.summary()
     assert {"val_accuracy", "start.val_accuracy", "theta.momentum"} <= set(summary)
     assert [p.name for p in loop.plots(tmp_path)] == ["unrolled.png"]
-    assert (tmp_path / "comparison.md").read_text().count("\n") == 4
+    table = (tmp_path / "comparison.md").read_text()
+    assert table.count("\n") == 4
+    K = loop.estimator.truncation_length or loop.problem.horizon
+    spent = 3 * loop.estimator.num_particles * K + (3 * K if outer == "truncated_es" else 0)
+    assert loop.steps_spent == spent and summary["steps_spent"] == spent and summary["start.steps_spent"] == 0
+    assert table.splitlines()[0].startswith("|  | setting | steps_spent |")
+    assert "| tuned | " in table and f"| {spent:,} |" in table
+
+
+def test_comparison_table_says_what_each_row_cost(tmp_path):
+    """start: nothing spent; the grid: every point's whole run; tuned: the estimator's particle-steps."""
+    loop = _loop(_config(["optimizer=sgd", "outer=es_single", *SMALL, "outer.estimator.num_particles=4",
+                          "outer.grid={lr:[0.01,0.1,1.0],momentum:[0.0,0.9]}"]))
+    for _ in range(loop.num_steps):
+        metrics = loop.step()
+    assert metrics["steps_spent"] == 3 * 4 * 5
+    summary = loop.summary()
+    assert summary["start.steps_spent"] == 0 and summary["grid_best.steps_spent"] == 6 * 20
+    assert summary["steps_spent"] == 60
+    loop.plots(tmp_path)
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip()
+            for line in (tmp_path / "comparison.md").read_text().splitlines()[2:]}
+    assert rows == {"start": "0", "grid_best": "120", "tuned": "60"}
 
 
 def test_synthetic_tasks_run_through_the_configs():
