@@ -217,6 +217,8 @@ def test_pretrained_weights_ship_and_load_with_weights_only(tmp_path):
     assert torch.equal(saved["weights"], opt.param_groups[0]["weights"])
     again = LearnedOptimizer(_model(torch.float32).parameters(), weights=path)
     assert torch.equal(again.param_groups[0]["weights"], saved["weights"])
+    forms = {name: LearnedOptimizer.from_pretrained(name, model.parameters()).param_groups[0]["form"] for name in names}
+    assert forms == {"digits_pes": "adam", "digits_pes_h200": "direction"}, forms
 
 
 def test_bad_input_is_refused_with_a_clear_error(tmp_path):
