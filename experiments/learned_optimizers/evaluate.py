@@ -7,6 +7,10 @@ with the learned optimizer used as any ``torch.optim`` optimizer. Final losses a
 steps' minibatch losses (training) and the full validation split at the end (validation), over seeds.
 
     python -m experiments.learned_optimizers.evaluate [--weights digits_pes] [--steps 1000] [--seeds 2]
+        [--cache adam_runs.json]
+
+``--cache``: a JSON file that keeps Adam's runs (they do not depend on the learned weights), so that a
+second evaluation (other weights) trains only the learned optimizer.
 """
 
 from __future__ import annotations
@@ -51,14 +55,32 @@ def train(task, make_optimizer, steps: int, seed: int) -> tuple[list[float], flo
     return losses, val if math.isfinite(val) else float("inf")
 
 
+class AdamRuns:
+    """Adam's runs (losses, validation loss) by task, lr, steps and seed, kept in ``path`` if given."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.runs = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+    def __call__(self, name: str, task, lr: float, steps: int, seed: int) -> tuple[list[float], float]:
+        key = f"{name}|{lr:g}|{steps}|{seed}"
+        if key not in self.runs:
+            self.runs[key] = train(task, lambda p: torch.optim.Adam(p, lr=lr), steps, seed)
+            if self.path is not None:
+                self.path.write_text(json.dumps(self.runs))
+        losses, val = self.runs[key]
+        return list(losses), val
+
+
 def final(losses: list[float]) -> float:
     tail = losses[-50:]
     return sum(tail) / len(tail)
 
 
 def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000, seeds: int = 2,
-         out: Path = HERE) -> dict:
+         out: Path = HERE, cache: Path | None = None, adam_only: bool = False) -> dict | None:
     torch.set_num_threads(1)
+    adam = AdamRuns(cache)
     lopt = lambda params: LearnedOptimizer(params, weights=weights)  # noqa: E731
     meta = LearnedOptimizer(torch.nn.Linear(1, 1).parameters(), weights=weights).meta
     rows, curves = [], {}
@@ -66,26 +88,32 @@ def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000,
     for inner in digits_tasks("test"):
         runs: dict[str, list[tuple[list[float], float]]] = {"learned": [], **{f"adam_{lr:g}": [] for lr in GRID}}
         for seed in range(seeds):
-            runs["learned"].append(train(inner.task, lopt, steps, seed))
             for lr in GRID:
-                runs[f"adam_{lr:g}"].append(train(inner.task, lambda p, lr=lr: torch.optim.Adam(p, lr=lr), steps, seed))
+                runs[f"adam_{lr:g}"].append(adam(inner.name, inner.task, lr, steps, seed))
+            if not adam_only:
+                runs["learned"].append(train(inner.task, lopt, steps, seed))
 
         def summary(name: str, runs=runs) -> tuple[float, float]:
             return (sum(final(l) for l, _ in runs[name]) / seeds, sum(v for _, v in runs[name]) / seeds)
 
         best = min((f"adam_{lr:g}" for lr in GRID), key=lambda name: summary(name)[0])
+        if adam_only:
+            adam(inner.name, inner.task, float(best.split("_")[1]), long_steps, 0)
+            print(f"{inner.name}: Adam's runs done [{time.perf_counter() - started:.0f} s]", flush=True)
+            continue
         learned, default, tuned = summary("learned"), summary("adam_0.001"), summary(best)
         rows.append({"task": inner.name, "learned_train": learned[0], "learned_val": learned[1],
                      "adam_default_train": default[0], "adam_default_val": default[1],
                      "adam_tuned_lr": float(best.split("_")[1]), "adam_tuned_train": tuned[0],
                      "adam_tuned_val": tuned[1]})
         long_learned, _ = train(inner.task, lopt, long_steps, 0)
-        long_tuned, _ = train(inner.task, lambda p, lr=rows[-1]["adam_tuned_lr"]: torch.optim.Adam(p, lr=lr),
-                              long_steps, 0)
+        long_tuned, _ = adam(inner.name, inner.task, rows[-1]["adam_tuned_lr"], long_steps, 0)
         curves[inner.name] = {"learned": long_learned, "adam_default": runs["adam_0.001"][0][0],
                               "adam_tuned": long_tuned}
         print(f"{inner.name}: learned {learned[0]:.4f}  adam(1e-3) {default[0]:.4f}  "
               f"adam({best.split('_')[1]}) {tuned[0]:.4f}  [{time.perf_counter() - started:.0f} s]", flush=True)
+    if adam_only:
+        return None
     beats_default = sum(r["learned_train"] < r["adam_default_train"] for r in rows)
     at_tuned = sum(r["learned_train"] <= r["adam_tuned_train"] for r in rows)
     past = {name: {"at_horizon": final(c["learned"][:meta.get("horizon", 200)]),
@@ -145,5 +173,7 @@ if __name__ == "__main__":
     parser.add_argument("--long-steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--cache", type=Path, default=None, help="a JSON file keeping Adam's runs")
+    parser.add_argument("--adam-only", action="store_true", help="only Adam's runs (to fill --cache)")
     args = parser.parse_args()
-    main(args.weights, args.steps, args.long_steps, args.seeds, args.out)
+    main(args.weights, args.steps, args.long_steps, args.seeds, args.out, args.cache, args.adam_only)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metaopt.checks import is_finite_number
-from metaopt.optim.functional.learned import LearnedState, learned, num_weights
+from metaopt.optim.functional.learned import FORMS, LearnedState, learned, num_weights
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
 
 __all__ = ["LearnedOptimizer", "load_weights", "resolve_weights", "core_kwargs"]
@@ -39,23 +39,29 @@ def load_weights(source: str | Path) -> dict[str, Any]:
     return saved
 
 
-def resolve_weights(weights: str | Path | torch.Tensor, hidden: Sequence[int] | None = None
-                    ) -> tuple[torch.Tensor, tuple[int, ...], dict[str, Any]]:
-    """``(weights, hidden, meta)``: a tensor as it is (``hidden`` defaulting to ``DEFAULT_HIDDEN``), a
-    pretrained name or saved file loaded (``hidden``, if given, must be the file's)."""
+def resolve_weights(weights: str | Path | torch.Tensor, hidden: Sequence[int] | None = None,
+                    form: str | None = None) -> tuple[torch.Tensor, tuple[int, ...], str, dict[str, Any]]:
+    """``(weights, hidden, form, meta)``: a tensor as it is (``hidden`` defaulting to ``DEFAULT_HIDDEN``,
+    ``form`` to ``"direction"``), a pretrained name or saved file loaded (``hidden`` and ``form``, if given,
+    must be the file's; a file without ``form`` has the original ``"direction"``)."""
+    check_hyperparameter("form", form, form is None or form in FORMS, f"None or one of {FORMS}")
     if isinstance(weights, torch.Tensor):
-        return weights, tuple(hidden or DEFAULT_HIDDEN), {}
+        return weights, tuple(hidden or DEFAULT_HIDDEN), form or "direction", {}
     saved = load_weights(weights)
     check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
                          f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
-    return saved["weights"], tuple(saved["hidden"]), dict(saved.get("meta", {}))
+    saved_form = saved.get("form", "direction")
+    check_hyperparameter("form", form, form is None or form == saved_form,
+                         f"None or {saved_form!r} (the form the weights were trained with)")
+    return saved["weights"], tuple(saved["hidden"]), saved_form, dict(saved.get("meta", {}))
 
 
 def core_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The functional core's arguments for the class's: ``weights`` as a tensor (a pretrained name or a saved
-    file loaded, ``digits_pes`` when absent) and its ``hidden`` layers (its spec's ``prepare``)."""
-    weights, hidden, _ = resolve_weights(kwargs.get("weights", DEFAULT_WEIGHTS), kwargs.get("hidden"))
-    return {**kwargs, "weights": weights, "hidden": hidden}
+    file loaded, ``digits_pes`` when absent), its ``hidden`` layers and its ``form`` (its spec's ``prepare``)."""
+    weights, hidden, form, _ = resolve_weights(kwargs.get("weights", DEFAULT_WEIGHTS), kwargs.get("hidden"),
+                                               kwargs.get("form"))
+    return {**kwargs, "weights": weights, "hidden": hidden, "form": form}
 
 
 class LearnedOptimizer(Optimizer):
@@ -64,7 +70,8 @@ class LearnedOptimizer(Optimizer):
 
     ``weights``: a pretrained name (``LearnedOptimizer.pretrained_names()``), the path of a file written by
     ``save_pretrained``, or a flat tensor of meta-parameters for an MLP with ``hidden`` layers (``hidden``
-    is read from the file otherwise). ``lr`` multiplies the learned step (1: as meta-trained); LR
+    is read from the file otherwise; ``form``, what the MLP's first output is, likewise, ``"direction"`` for a
+    tensor unless given). ``lr`` multiplies the learned step (1: as meta-trained); LR
     schedulers act on it. ``maximize`` ascends. One param group's tensors go through the MLP in one
     call (the elements concatenated): the multi-tensor path, on CPU and CUDA alike.
 
@@ -72,8 +79,9 @@ class LearnedOptimizer(Optimizer):
     """
 
     def __init__(self, params: Iterable, weights: str | Path | torch.Tensor = DEFAULT_WEIGHTS, lr: float = 1.0,
-                 hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None):
-        weights, hidden, meta = resolve_weights(weights, hidden)
+                 hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None,
+                 form: str | None = None):
+        weights, hidden, form, meta = resolve_weights(weights, hidden, form)
         hidden = list(hidden)
         check_hyperparameter("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden),
                              "a list of positive layer widths")
@@ -84,8 +92,8 @@ class LearnedOptimizer(Optimizer):
         check_hyperparameter("weights", "a tensor with NaN/Inf", bool(torch.isfinite(weights).all()),
                              "finite numbers")
         self.meta = meta
-        defaults = dict(lr=lr, weights=weights.detach().clone(), hidden=tuple(hidden), maximize=maximize,
-                        foreach=foreach)
+        defaults = dict(lr=lr, weights=weights.detach().clone(), hidden=tuple(hidden), form=form,
+                        maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
 
     @classmethod
@@ -104,7 +112,7 @@ class LearnedOptimizer(Optimizer):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"weights": group["weights"].detach().cpu().clone(), "hidden": list(group["hidden"]),
-                    "meta": dict(meta or self.meta)}, path)
+                    "form": group.get("form", "direction"), "meta": dict(meta or self.meta)}, path)
         return path
 
     def _validate(self, group: dict[str, Any]) -> None:
@@ -115,7 +123,8 @@ class LearnedOptimizer(Optimizer):
         weights, hidden = group.get("weights"), group.get("hidden")
         check_hyperparameter("weights", type(weights).__name__, isinstance(weights, torch.Tensor)
                              and weights.numel() == num_weights(hidden), f"{num_weights(hidden)} numbers")
-        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden")})
+        check_hyperparameter("form", group.get("form"), group.get("form") in FORMS, f"one of {FORMS}")
+        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden", "form")})
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         from metaopt.optim.functional.learned import learned_init
@@ -139,7 +148,7 @@ class LearnedOptimizer(Optimizer):
                 raise ValueError("invalid gradients: NaN/Inf (allowed: finite numbers; the learned optimizer's "
                                  "features would turn every element of such a tensor into NaN)")
         new_params, new_state = learned(params, grads, state, weights=weights, hidden=group["hidden"],
-                                        lr=hyper_value(group["lr"]))
+                                        lr=hyper_value(group["lr"]), form=group.get("form", "direction"))
         for p, new, s, m, v in zip(params, new_params, states, new_state.momenta, new_state.second_moment):
             p.copy_(new)
             s["momenta"], s["second_moment"], s["step"] = m, v, new_state.step

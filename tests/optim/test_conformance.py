@@ -81,8 +81,19 @@ def _learned(params, lr, **kwargs):
     return LearnedOptimizer(params, weights=weights, hidden=[16], lr=lr, **kwargs)
 
 
+def _learned_adam(params, lr, **kwargs):
+    """The same with ``form="adam"`` (the MLP scales Adam's direction)."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(num_weights((16,)), generator=generator)
+    weights = initial_weights((16,), generator, form="adam") + 0.2 * noise
+    return LearnedOptimizer(params, weights=weights, hidden=[16], lr=lr, form="adam", **kwargs)
+
+
 INFOS.append(OptimizerInfo("learned", _learned, 1.0, variants={"per_tensor": dict(foreach=False),
                                                                 "foreach": dict(foreach=True)},
+                           flags=("foreach", "maximize")))
+INFOS.append(OptimizerInfo("learned_adam", _learned_adam, 1.0, variants={"per_tensor": dict(foreach=False),
+                                                                          "foreach": dict(foreach=True)},
                            flags=("foreach", "maximize")))
 BY_NAME = {info.name: info for info in INFOS}
 # Every variant of every optimizer, for the checks that do not compare variants.

@@ -12,6 +12,7 @@ from torch.func import vmap
 
 from metaopt.optim import LearnedOptimizer
 from metaopt.optim.functional.learned import (
+    FORMS,
     MAX_DIRECTION,
     NUM_FEATURES,
     STEP_SCALE,
@@ -27,21 +28,22 @@ def _model(dtype=torch.float64):
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(dtype)
 
 
-def _weights(hidden=(16,), scale=0.3, dtype=torch.float64, seed=1):
+def _weights(hidden=(16,), scale=0.3, dtype=torch.float64, seed=1, form="direction"):
     """Weights with every block nonzero (the hidden-to-output ones too), so every feature matters."""
     generator = torch.Generator().manual_seed(seed)
-    return (initial_weights(hidden, generator, dtype) + scale * torch.randn(num_weights(hidden), generator=generator,
-                                                                            dtype=dtype) / NUM_FEATURES ** 0.5)
+    noise = torch.randn(num_weights(hidden), generator=generator, dtype=dtype)
+    return initial_weights(hidden, generator, dtype, form=form) + scale * noise / NUM_FEATURES ** 0.5
 
 
 def _loss(model, x, y):
     return (model(x) - y).pow(2).mean()
 
 
-def test_the_class_takes_the_functional_cores_steps():
+@pytest.mark.parametrize("form", FORMS)
+def test_the_class_takes_the_functional_cores_steps(form):
     model, x, y = _model(), torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
-    weights = _weights()
-    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7)
+    weights = _weights(form=form)
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7, form=form)
     params = tuple(p.detach().clone() for p in model.parameters())
     state = learned_init(params)
     reference = copy.deepcopy(model)
@@ -52,7 +54,7 @@ def test_the_class_takes_the_functional_cores_steps():
         for p, q in zip(reference.parameters(), params):
             p.data.copy_(q)
         grads = torch.autograd.grad(_loss(reference, x, y), list(reference.parameters()))
-        params, state = learned(params, grads, state, weights=weights, hidden=[16], lr=0.7)
+        params, state = learned(params, grads, state, weights=weights, hidden=[16], lr=0.7, form=form)
     for p, q in zip(model.parameters(), params):
         torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
     assert int(opt.state[next(model.parameters())]["step"]) == 20
@@ -67,7 +69,62 @@ def test_initial_weights_take_a_sign_step_of_a_tenth_of_the_scale_first():
     torch.testing.assert_close(new, p - STEP_SCALE * direction * torch.sign(g), rtol=0, atol=1e-9)  # ε in √v̂ + ε
 
 
-def test_gradients_through_an_unroll_match_finite_differences():
+def test_initial_weights_at_another_lr_are_adam_at_that_lr():
+    """``lr``: the log-magnitude's bias makes the first step that of the default start scaled by
+    ``lr / STEP_SCALE``; an lr the bounded magnitude cannot reach is refused."""
+    p, g = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    steps = {}
+    for lr in (STEP_SCALE, 1e-2, 1e-3):
+        (new,), _ = learned((p,), (g,), learned_init((p,)), weights=initial_weights((32,), dtype=torch.float64, lr=lr))
+        steps[lr] = p - new
+    torch.testing.assert_close(steps[1e-2], steps[STEP_SCALE] * (1e-2 / STEP_SCALE), rtol=1e-9, atol=0)
+    torch.testing.assert_close(steps[1e-3], steps[STEP_SCALE] * (1e-3 / STEP_SCALE), rtol=1e-9, atol=0)
+    for bad in (1.0, 1e-7, 0.0, -1e-3):
+        with pytest.raises(ValueError, match=r"invalid lr: .* \(allowed: a step size within"):
+            initial_weights((32,), lr=bad)
+
+
+def test_the_adam_form_starts_as_adam_without_the_momentums_bias_correction():
+    """``form="adam"``: the step is Adam's direction m(β 0.9)/(√v̂+ε) times the MLP's bounded factor, which
+    the initial weights make 1, so the start is Adam at ``lr`` (β₂ 0.999, momentum not bias-corrected)."""
+    generator = torch.Generator().manual_seed(0)
+    p = torch.randn(40, dtype=torch.float64, generator=generator)
+    weights = initial_weights((16,), dtype=torch.float64, lr=1e-2, form="adam")
+    params, state = (p,), learned_init((p,))
+    reference, m, v = p.clone(), torch.zeros_like(p), torch.zeros_like(p)
+    for t in range(1, 8):
+        g = torch.randn(40, dtype=torch.float64, generator=generator) * 10 ** (-t / 2)  # shrinking gradients
+        params, state = learned(params, (g,), state, weights=weights, hidden=[16], form="adam")
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        reference = reference - 1e-2 * m / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+    torch.testing.assert_close(params[0], reference, rtol=1e-9, atol=1e-12)
+    # The same weights read as the "direction" form are not Adam: the form matters.
+    (direction,), _ = learned((p,), (g,), learned_init((p,)), weights=weights, hidden=[16])
+    (adam,), _ = learned((p,), (g,), learned_init((p,)), weights=weights, hidden=[16], form="adam")
+    assert not torch.allclose(direction, adam)
+
+
+def test_the_form_travels_with_saved_weights(tmp_path):
+    model = _model(torch.float32)
+    opt = LearnedOptimizer(model.parameters(), weights=_weights(form="adam", dtype=torch.float32), hidden=[16],
+                           form="adam")
+    path = opt.save_pretrained(tmp_path / "mine.pt")
+    assert torch.load(path, weights_only=True)["form"] == "adam"
+    again = LearnedOptimizer(model.parameters(), weights=path)
+    assert again.param_groups[0]["form"] == "adam"
+    with pytest.raises(ValueError, match=r"invalid form: 'direction' \(allowed: None or 'adam'"):
+        LearnedOptimizer(model.parameters(), weights=path, form="direction")
+    with pytest.raises(ValueError, match=r"invalid form: 'sign' \(allowed: None or one of \('direction', 'adam'\)"):
+        LearnedOptimizer(model.parameters(), weights=path, form="sign")
+    with pytest.raises(ValueError, match=r"invalid form: 'sign' \(allowed: one of"):
+        learned((torch.zeros(3),), (torch.zeros(3),), learned_init((torch.zeros(3),)), weights=_weights((16,)),
+                hidden=[16], form="sign")
+    torch.save({"weights": _weights(dtype=torch.float32), "hidden": [16]}, tmp_path / "old.pt")
+    assert LearnedOptimizer(model.parameters(), weights=tmp_path / "old.pt").param_groups[0]["form"] == "direction"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_gradients_through_an_unroll_match_finite_differences(form):
     torch.manual_seed(3)
     x, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
     w0 = torch.randn(3, dtype=torch.float64)
@@ -78,11 +135,11 @@ def test_gradients_through_an_unroll_match_finite_differences():
         for _ in range(4):
             loss = (x @ params[0] - y).pow(2).mean()
             (grad,) = torch.autograd.grad(loss, params, create_graph=True)
-            params, state = learned(params, (grad,), state, weights=weights, hidden=[8], lr=30.0)
+            params, state = learned(params, (grad,), state, weights=weights, hidden=[8], lr=30.0, form=form)
             total = total + loss
         return total + (x @ params[0] - y).pow(2).mean()
 
-    weights = _weights((8,)).requires_grad_()
+    weights = _weights((8,), form=form).requires_grad_()
     w0.requires_grad_()
     (analytic,) = torch.autograd.grad(meta_loss(weights), weights)
     generator = torch.Generator().manual_seed(0)
@@ -160,6 +217,8 @@ def test_pretrained_weights_ship_and_load_with_weights_only(tmp_path):
     assert torch.equal(saved["weights"], opt.param_groups[0]["weights"])
     again = LearnedOptimizer(_model(torch.float32).parameters(), weights=path)
     assert torch.equal(again.param_groups[0]["weights"], saved["weights"])
+    forms = {name: LearnedOptimizer.from_pretrained(name, model.parameters()).param_groups[0]["form"] for name in names}
+    assert forms == {"digits_pes": "adam", "digits_pes_h200": "direction"}, forms
 
 
 def test_bad_input_is_refused_with_a_clear_error(tmp_path):

@@ -130,9 +130,31 @@ def test_meta_training_from_the_command_line_ships_a_drop_in_optimizer(tmp_path)
     assert opt.meta["tasks"] == [t.name for t in digits_tasks("train")]
 
 
+def test_the_log_meta_loss_is_the_log_of_the_floored_clipped_normalised_loss():
+    tasks = [t for t in digits_tasks("train") if t.name == "mlp_tanh_32_b32"]
+    linear = LearnedOptimizerTraining(tasks, horizon=5, hidden=[8], initial_lr=0.01)
+    log = LearnedOptimizerTraining(tasks, horizon=5, hidden=[8], initial_lr=0.01, meta_loss="log", loss_floor=0.5)
+    default = initial_weights([8], torch.Generator().manual_seed(0))
+    assert torch.equal(linear.theta0, log.theta0) and not torch.equal(linear.theta0, default)
+    normalised = torch.tensor([0.1, 0.7, 1.0, 5.0])
+    torch.testing.assert_close(linear._meta_loss(normalised), torch.tensor([0.1, 0.7, 1.0, 3.0]))
+    torch.testing.assert_close(log._meta_loss(normalised), torch.tensor([0.5, 0.7, 1.0, 3.0]).log())
+    state = linear.init_state(2)
+    theta = linear.initial_theta()[None].expand(2, -1)
+    _, losses_linear, _ = linear._unroll(state, theta, 3, torch.Generator().manual_seed(0), torch.arange(2), 2)
+    _, losses_log, _ = log._unroll(state, theta, 3, torch.Generator().manual_seed(0), torch.arange(2), 2)
+    torch.testing.assert_close(losses_log, losses_linear.clamp(min=0.5).log())
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match=r"invalid task\.horizon: 0"):
         LearnedOptimizerTraining(horizon=0)
+    with pytest.raises(ValueError, match=r"invalid task\.meta_loss: 'mean' \(allowed: one of \('linear', 'log'\)"):
+        LearnedOptimizerTraining(meta_loss="mean")
+    with pytest.raises(ValueError, match=r"invalid task\.loss_floor: 5"):
+        LearnedOptimizerTraining(loss_floor=5)
+    with pytest.raises(ValueError, match=r"invalid task\.initial_lr: 0"):
+        LearnedOptimizerTraining(initial_lr=0)
     with pytest.raises(ValueError, match=r"invalid tasks: 'validation' \(allowed: one of \('train', 'test'\)"):
         LearnedOptimizerTraining(tasks="validation")
     with pytest.raises(ValueError, match=r"invalid task\.hidden: \[0\]"):

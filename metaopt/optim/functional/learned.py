@@ -29,6 +29,24 @@ output layer has a linear skip path from the features, so that the weights from 
 β₁ = ``MOMENTUM_DECAYS[1]`` and lr ``STEP_SCALE`` (without bias correction of the momentum) rather than as
 noise. ``lr`` is a plain multiplier of the step (what LR schedulers act on; 1 by default).
 
+``form="adam"`` (``FORMS``) reads both outputs as a bounded correction of Adam's step instead:
+
+    p ← p − lr · a · (1 + C·tanh(d)) · exp(M·tanh(s/M)) · ADAM_STEP_SCALE,    a = m_2/(√v̂+ε),
+    C = ADAM_CORRECTION (0.5), M = ADAM_LOG_RANGE (ln 2)
+
+so the MLP only says, per element and step, how much to scale Adam's step, within a factor [0.25, 3] of
+Adam at lr ``ADAM_STEP_SCALE`` (1e-2), never reversing it: whatever the weights, every element takes an
+Adam step of lr 2.5e-3 … 3e-2 (on the held-out tasks Adam at 3e-3 and at 1e-2 beats Adam at 1e-3 on
+every task, at 3e-2 on all but the 3-layer ReLU net).
+Its initial weights (zero outputs) make it Adam at 1e-2. Unlike the ``"direction"`` form, whose inputs are
+normalised per tensor and so give steps of the same size however small the gradients have become (a noise
+floor: weights of that form meta-trained by PES kept taking steps ~80× larger than Adam's late in
+training on a held-out 3-layer ReLU net, whose loss rose again), every step here is proportional to
+Adam's, which shrinks as the recent gradients fall below the ones ``v`` remembers. Neither the anchor nor
+``small_fc_lopt`` has this form. ``initial_weights(lr=…)`` starts either form at another Adam lr (the
+log-magnitude's bias, within the form's range). The form is saved with the weights (files without it are
+``"direction"``).
+
 The weights θ are one flat tensor (``weights``), the layout given by ``layout(hidden)``, so that ES
 perturbs them as one vector and ``torch.func.vmap`` batches them over particles. All tensors of a call
 go through the MLP at once (one matmul over the concatenated elements: the multi-tensor path).
@@ -36,6 +54,7 @@ go through the MLP at once (one matmul over the concatenated elements: the multi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -43,15 +62,18 @@ import torch
 
 from metaopt.optim.functional._utils import Tensors, sqrt, step_count
 
-__all__ = ["LearnedState", "learned_init", "learned", "layout", "initial_weights", "num_weights",
-           "NUM_FEATURES", "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "TIMESCALES", "STEP_SCALE",
-           "MAX_DIRECTION", "MAX_LOG_MAGNITUDE"]
+__all__ = ["LearnedState", "learned_init", "learned", "layout", "initial_weights", "num_weights", "check_form",
+           "FORMS", "NUM_FEATURES", "MOMENTUM_DECAYS", "SECOND_MOMENT_DECAY", "TIMESCALES", "STEP_SCALE",
+           "MAX_DIRECTION", "MAX_LOG_MAGNITUDE", "ADAM_STEP_SCALE", "ADAM_CORRECTION", "ADAM_LOG_RANGE"]
 
 MOMENTUM_DECAYS = (0.5, 0.9, 0.99)
 SECOND_MOMENT_DECAY = 0.999
 TIMESCALES = (1.0, 3.0, 10.0, 30.0)
 MAX_LOG_MAGNITUDE = 3.0   # S: the step multiplier stays in [e^-3, e^3]
 MAX_DIRECTION = 3.0       # B: |direction| < 3
+ADAM_STEP_SCALE = 1e-2    # form "adam": the lr of the Adam step that the MLP corrects
+ADAM_CORRECTION = 0.5     # form "adam": the direction output's factor 1 + C·tanh(d) stays in [0.5, 1.5]
+ADAM_LOG_RANGE = math.log(2.0)  # form "adam": the magnitude output's factor stays in [1/2, 2]
 STEP_SCALE = 3e-3
 EPS = 1e-8
 CHUNK = 16384  # rows of the MLP per block
@@ -59,6 +81,13 @@ _NORMALISED = 3 + len(MOMENTUM_DECAYS)          # g, p, m_k, √v̂ (RMS-normali
 _ADAPTIVE = 1 + len(MOMENTUM_DECAYS)            # g/√v̂, m_k/√v̂
 NUM_FEATURES = _NORMALISED + _ADAPTIVE + len(TIMESCALES)
 ADAM_FEATURE = _NORMALISED + 2                   # m_2/(√v̂+ε): Adam's direction with β₁ = 0.9
+FORMS = ("direction", "adam")  # what the MLP's first output is: the step's direction, or a factor of Adam's
+
+
+def check_form(form: str) -> str:
+    if form not in FORMS:
+        raise ValueError(f"invalid form: {form!r} (allowed: one of {FORMS})")
+    return form
 
 
 class LearnedState(NamedTuple):
@@ -83,17 +112,31 @@ def num_weights(hidden: Sequence[int]) -> int:
 
 
 def initial_weights(hidden: Sequence[int] = (32,), generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Weights that start as Adam (β₁ 0.9, lr ``STEP_SCALE``): hidden layers initialised as ``nn.Linear``
-    (uniform ±1/√fan_in, biases 0), the hidden-to-output weights 0, the skip path reading ``m_2/(√v̂+ε)``."""
+                    dtype: torch.dtype = torch.float32, lr: float | None = None, form: str = "direction"
+                    ) -> torch.Tensor:
+    """Weights that start as Adam (β₁ 0.9, lr ``lr``): hidden layers initialised as ``nn.Linear``
+    (uniform ±1/√fan_in, biases 0), the hidden-to-output weights 0, the direction (``form="direction"``)
+    the skip path reading ``m_2/(√v̂+ε)`` (``form="adam"``: all outputs 0, the correction factor 1), and
+    the log-magnitude's bias the one whose bounded step multiplier is ``lr`` over the form's scale (0 when
+    ``lr`` is the form's scale: ``STEP_SCALE``, or ``ADAM_STEP_SCALE`` for ``"adam"``; ``lr`` within
+    scale·e^(±0.9·range), range ``MAX_LOG_MAGNITUDE`` or ``ADAM_LOG_RANGE``; ``None``: the scale)."""
+    check_form(form)
+    scale, bound = (ADAM_STEP_SCALE, ADAM_LOG_RANGE) if form == "adam" else (STEP_SCALE, MAX_LOG_MAGNITUDE)
+    lr = scale if lr is None else lr
+    ratio = math.log(lr / scale) / bound if lr > 0 else float("inf")
+    if not abs(ratio) < 0.9:
+        raise ValueError(f"invalid lr: {lr} (allowed: a step size within {scale:g}·e^(±0.9·{bound:.3g}), "
+                         f"{scale * math.exp(-0.9 * bound):.2g} to {scale * math.exp(0.9 * bound):.2g}, that the "
+                         f"bounded magnitude of the {form!r} form reaches)")
     parts = []
     for name, shape in layout(hidden):
         block = torch.zeros(shape, dtype=dtype)
         if name.startswith("w") and name != "w_out":
-            bound = shape[1] ** -0.5
-            block = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
-        if name == "skip":
+            block = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * shape[1] ** -0.5
+        if name == "skip" and form == "direction":
             block[0, ADAM_FEATURE] = 1.0
+        if name == "b_out":
+            block[1] = bound * math.atanh(ratio)
         parts.append(block.flatten())
     return torch.cat(parts)
 
@@ -138,8 +181,11 @@ def learned(
     hidden: Sequence[int] = (32,),
     lr: float | torch.Tensor = 1.0,
     maximize: bool = False,
+    form: str = "direction",
 ) -> tuple[Tensors, LearnedState]:
-    """One step of the learned optimizer with weights ``weights`` (flat, ``layout(hidden)``) on every tensor."""
+    """One step of the learned optimizer with weights ``weights`` (flat, ``layout(hidden)``) on every tensor;
+    ``form``: what the MLP's first output is (``FORMS``, the module's docstring)."""
+    check_form(form)
     if weights.numel() != num_weights(hidden):
         raise ValueError(f"invalid weights: {weights.numel()} numbers (allowed: {num_weights(hidden)}, the size "
                          f"of a learned optimizer with hidden={list(hidden)})")
@@ -159,7 +205,7 @@ def learned(
                 steps[i] = out
             pending.clear()
 
-    momenta, seconds = [], []
+    momenta, seconds, adam = [], [], []
     for i, (p, g, m, v) in enumerate(zip(params, grads, state.momenta, state.second_moment)):
         g = -g if maximize else g
         shape = (-1,) + (1,) * g.dim()
@@ -169,6 +215,8 @@ def learned(
         seconds.append(v)
         root = sqrt(v / bias_second.to(v.dtype)).reshape(-1)
         flat = (g.reshape(-1), p.reshape(-1), m.reshape(len(MOMENTUM_DECAYS), -1), root)
+        if form == "adam":
+            adam.append(flat[2][1] / (root + EPS))
         # Each raw input divided by its root-mean-square over the tensor (the anchor's normaliser), from
         # norms: no (raw inputs × elements) copy just for the statistics.
         n = root.shape[0]
@@ -186,9 +234,14 @@ def learned(
                                                         flat[2].split(CHUNK, dim=1), root.split(CHUNK))], dim=1)
     flush()
     new_params = []
-    for p, out in zip(params, steps):
-        direction = MAX_DIRECTION * torch.tanh(out[0] / MAX_DIRECTION)
-        magnitude = torch.exp(MAX_LOG_MAGNITUDE * torch.tanh(out[1] / MAX_LOG_MAGNITUDE))
-        step_size = direction * magnitude * (STEP_SCALE * lr)
+    for i, (p, out) in enumerate(zip(params, steps)):
+        if form == "adam":
+            factor = (1 + ADAM_CORRECTION * torch.tanh(out[0])) * torch.exp(
+                ADAM_LOG_RANGE * torch.tanh(out[1] / ADAM_LOG_RANGE))
+            step_size = adam[i] * factor * (ADAM_STEP_SCALE * lr)
+        else:
+            direction = MAX_DIRECTION * torch.tanh(out[0] / MAX_DIRECTION)
+            magnitude = torch.exp(MAX_LOG_MAGNITUDE * torch.tanh(out[1] / MAX_LOG_MAGNITUDE))
+            step_size = direction * magnitude * (STEP_SCALE * lr)
         new_params.append(p - step_size.view(p.shape).to(p.dtype))
     return tuple(new_params), LearnedState(tuple(momenta), tuple(seconds), step)

@@ -43,9 +43,13 @@ def digits_tasks(which: str = "train") -> list[InnerTask]:
             InnerTask("mlp_relu_32x2_b64", _classifier(data, mlp(hidden_sizes=[32, 32], activation="relu"), 64)),
             InnerTask("mlp_relu_64x2_b128", _classifier(data, mlp(hidden_sizes=[64, 64], activation="relu"), 128)),
             InnerTask("mlp_relu_32x3_b32", _classifier(data, mlp(hidden_sizes=[32, 32, 32], activation="relu"), 32)),
+            InnerTask("mlp_relu_64x3_b32", _classifier(data, mlp(hidden_sizes=[64, 64, 64], activation="relu"), 32)),
+            InnerTask("mlp_relu_32x4_b64", _classifier(data, mlp(hidden_sizes=[32] * 4, activation="relu"), 64)),
             InnerTask("conv8_relu_b64", _classifier(data, functools.partial(ConvNet, channels=8), 64)),
             InnerTask("autoencoder_32_8_32", Autoencoder(data, mlp(hidden_sizes=[32, 8, 32], activation="tanh"),
                                                          batch_size=64)),
+            InnerTask("autoencoder_48_16_8_16_48", Autoencoder(data, mlp(hidden_sizes=[48, 16, 8, 16, 48],
+                                                                         activation="tanh"), batch_size=32)),
             InnerTask("linreg_20_cond100", LinearRegression(dim=20, condition_number=100.0, batch_size=32)),
         ]
     return [

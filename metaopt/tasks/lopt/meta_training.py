@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metaopt.checks import require
 from metaopt.optim.functional.learned import (
+    FORMS,
     MOMENTUM_DECAYS,
     LearnedState,
     initial_weights,
@@ -40,6 +41,7 @@ from metaopt.tasks.unrolled.training_run import stream_batches
 __all__ = ["LearnedOptimizerTraining"]
 
 _K = len(MOMENTUM_DECAYS)
+META_LOSSES = ("linear", "log")
 
 
 class _Layout:
@@ -86,9 +88,18 @@ class LearnedOptimizerTraining(UnrolledProblem):
 
     def __init__(self, tasks: str | Sequence[InnerTask] = "train", hidden: Sequence[int] = (32,),
                  horizon: int = 200, weights_seed: int = 0, task_seed: int = 0, loss_clip: float = 3.0,
-                 weights: str | None = None):
+                 weights: str | None = None, initial_lr: float | None = None, meta_loss: str = "linear",
+                 loss_floor: float = 1e-5, form: str = "direction"):
         require("task.horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
         require("task.loss_clip", loss_clip, isinstance(loss_clip, (int, float)) and loss_clip > 0, "a number > 0")
+        require("task.meta_loss", meta_loss, meta_loss in META_LOSSES, f"one of {META_LOSSES}")
+        require("task.loss_floor", loss_floor, isinstance(loss_floor, (int, float)) and 0 < loss_floor < loss_clip,
+                "a number > 0 and below task.loss_clip")
+        require("task.initial_lr", initial_lr, initial_lr is None or (isinstance(initial_lr, (int, float))
+                                                                        and initial_lr > 0), "None or a number > 0")
+        require("task.form", form, form in FORMS, f"one of {FORMS}")
+        self.meta_loss = meta_loss
+        self.loss_floor = float(loss_floor)
         require("task.hidden", list(hidden), all(isinstance(h, int) and h > 0 for h in hidden),
                 "a list of positive layer widths")
         self.tasks = digits_tasks(tasks) if isinstance(tasks, str) else list(tasks)
@@ -100,11 +111,15 @@ class LearnedOptimizerTraining(UnrolledProblem):
         self.layouts = [_Layout(inner) for inner in self.tasks]
         self.width = max(layout.width for layout in self.layouts)
         if weights is None:
-            self.theta0 = initial_weights(self.hidden, torch.Generator().manual_seed(weights_seed))
+            self.theta0 = initial_weights(self.hidden, torch.Generator().manual_seed(weights_seed), lr=initial_lr,
+                                          form=form)
+            self.form = form
         else:
             from metaopt.optim.learned import resolve_weights
 
-            self.theta0 = resolve_weights(weights, self.hidden)[0].float()
+            theta0, _, self.form, _ = resolve_weights(weights, self.hidden)
+            require("task.form", form, form == self.form, f"{self.form!r} (the form of the weights {weights!r})")
+            self.theta0 = theta0.float()
         self.dim = num_weights(self.hidden)
         self._gradients = [vmap(grad_and_value(functools.partial(self._loss_one, k))) for k in range(len(self.tasks))]
         self._update = vmap(self._update_one)
@@ -117,7 +132,7 @@ class LearnedOptimizerTraining(UnrolledProblem):
 
     def _update_one(self, params, grads, momenta, second, age, weights):
         params, state = learned(params, grads, LearnedState(momenta, second, age), weights=weights,
-                                hidden=self.hidden)
+                                hidden=self.hidden, form=self.form)
         return params, state.momenta, state.second_moment
 
     # -- particle states -----------------------------------------------------------------------------
@@ -179,9 +194,14 @@ class LearnedOptimizerTraining(UnrolledProblem):
             params, momenta, second = self._update(params, grads, momenta, second, state["age"][index],
                                                    theta.index_select(0, index))
             rows = rows.index_copy(0, index, layout.join(params, momenta, second, self.width))
-            normalised = (loss / state["norm"][index]).clamp(max=self.loss_clip)
-            losses = losses.index_copy(0, index, normalised.to(losses.dtype))
+            losses = losses.index_copy(0, index, self._meta_loss(loss / state["norm"][index]).to(losses.dtype))
         return {**state, "rows": rows, "age": state["age"] + 1}, losses
+
+    def _meta_loss(self, normalised: torch.Tensor) -> torch.Tensor:
+        """A step's meta-loss from the normalised training loss: clipped at ``loss_clip``, and for
+        ``meta_loss="log"`` its logarithm, floored at ``log(loss_floor)``."""
+        clipped = normalised.clamp(max=self.loss_clip)
+        return clipped.clamp(min=self.loss_floor).log() if self.meta_loss == "log" else clipped
 
     def _unroll(self, state, theta, num_steps, generator, streams, num_streams):
         state = self._assign(state, streams)
@@ -226,5 +246,6 @@ class LearnedOptimizerTraining(UnrolledProblem):
         """``learned_optimizer.pt`` in ``folder``: load it with ``LearnedOptimizer(params, weights=path)``."""
         path = Path(folder) / "learned_optimizer.pt"
         meta: dict[str, Any] = {"horizon": self.horizon, "tasks": [t.name for t in self.tasks]}
-        torch.save({"weights": theta.detach().cpu().float().clone(), "hidden": list(self.hidden), "meta": meta}, path)
+        torch.save({"weights": theta.detach().cpu().float().clone(), "hidden": list(self.hidden), "form": self.form,
+                    "meta": meta}, path)
         return path
