@@ -123,24 +123,29 @@ class DiffusionLoop:
         """``samples.png``: the evaluation noise's samples at LoRA scale 0 (base), 0.5 and ``lora_scale``; and
         ``lora.pt``, the trained adapters (``lora_file``), for ``python -m metaopt.diffusion.mix``."""
         torch.save(self.lora_file(), Path(folder) / "lora.pt")
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         scales = sorted({0.0, 0.5 * self.lora_scale, self.lora_scale})
-        fig, axes = plt.subplots(1, len(scales), figsize=(4 * len(scales), 4.4))
-        for axis, scale in zip(axes, scales):
-            images = self.samples(scale)[:64]
-            axis.imshow(image_grid(images), cmap="gray", vmin=-1, vmax=1)
-            metrics = self.task.metrics(images)
-            axis.set_title(f"LoRA scale {scale:g}\nreward {metrics['reward']:.3g}, acc {metrics['accuracy']:.2f}")
-            axis.axis("off")
-        fig.tight_layout()
-        path = Path(folder) / "samples.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [plot_lora_scales(self.samples, self.task, scales, Path(folder) / "samples.png")]
+
+
+def plot_lora_scales(samples: Callable[[float], Tensor], task: DiffusionTask, scales: list[float], path: Path) -> Path:
+    """``samples.png``: a grid of the evaluation samples (``samples(scale)``) per LoRA scale, each titled
+    with the task's reward and accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scales), figsize=(4 * len(scales), 4.4))
+    for axis, scale in zip(axes, scales):
+        images = samples(scale)[:64]
+        axis.imshow(image_grid(images), cmap="gray", vmin=-1, vmax=1)
+        metrics = task.metrics(images)
+        axis.set_title(f"LoRA scale {scale:g}\nreward {metrics['reward']:.3g}, acc {metrics['accuracy']:.2f}")
+        axis.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def save_sample_grid(images: Tensor, path: Path, count: int = 64) -> Path:

@@ -159,25 +159,10 @@ class SamplingChain(UnrolledProblem):
     def save(self, theta: Tensor, folder: Path) -> list[Path]:
         """``lora.pt`` (the adapters θ, for ``python -m metaopt.diffusion.mix``) and ``samples.png`` (the
         evaluation samples at LoRA scales 0, 0.5 and 1)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from metaopt.outer.diffusion import image_grid
+        from metaopt.outer.diffusion import plot_lora_scales
 
         self._load(theta)
         torch.save(lora_file(self.params, self.lora_rank, self.lora_alpha, self.task,
                              reward_queries=self.reward_queries, loop="UnrolledLoop"), Path(folder) / "lora.pt")
-        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-        for axis, scale in zip(axes, (0.0, 0.5, 1.0)):
-            images = self.samples(theta, scale)[:64]
-            axis.imshow(image_grid(images), cmap="gray", vmin=-1, vmax=1)
-            metrics = self.task.metrics(images)
-            axis.set_title(f"LoRA scale {scale:g}\nreward {metrics['reward']:.3g}, acc {metrics['accuracy']:.2f}")
-            axis.axis("off")
-        fig.tight_layout()
-        path = Path(folder) / "samples.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return [path]
+        return [plot_lora_scales(lambda scale: self.samples(theta, scale), self.task, [0.0, 0.5, 1.0],
+                                 Path(folder) / "samples.png")]
