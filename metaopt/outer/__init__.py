@@ -26,7 +26,8 @@ _LAZY = {
     "DiffusionESLoop": "diffusion_es",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["Loop", "TrainingLoop", "APOLoop", "GameLoop", "GRRLoop", "UnrolledLoop", "BilevelLoop", "MODES",
+           "DRaFTLoop", "DDPOLoop", "DiffusionESLoop"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from metaopt.outer.apo import APOLoop

@@ -123,7 +123,8 @@ def test_every_evaluation_sends_its_grid_of_samples(outer, tiny_task, tiny, make
                                                                     else [p.name for p in paths])))
     overrides = [f"task.{k}={v}" for k, v in tiny.items()]
     extra = (["outer.variant=truncated", "outer.eval_samples=8"] if outer == "draft"
-             else ["outer.estimator.num_particles=2", "outer.estimator.truncation_length=2", "+outer.problem.eval_samples=8"])
+             else ["outer.estimator.num_particles=2", "outer.estimator.truncation_length=2",
+                   "+outer.problem.eval_samples=8"])
     cfg = make_config("task=digits_diffusion", f"outer={outer}", "outer.steps=4", "outer.eval_every=2",
                       "checkpoint_every=0", *overrides, *extra)
     run(cfg, tmp_path / "run")
