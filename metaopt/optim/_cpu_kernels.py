@@ -23,15 +23,17 @@ from importlib import resources
 import torch
 from torch.autograd.graph import increment_version
 
-__all__ = ["run", "supports"]
+__all__ = ["run", "run_learned", "supports"]
 
 SOURCE = "_cpu_kernels.c"
 # Flags tried in order: the first set that compiles is used. -fno-math-errno lets sqrt vectorize (the
 # kernels never read errno); -march=native is safe because the library is built in the process using it.
 FLAG_SETS = (["-O3", "-fno-math-errno", "-march=native", "-fopenmp"], ["-O3", "-fno-math-errno", "-fopenmp"],
-             ["-O3", "-fno-math-errno"])
-# Below this many elements one thread is faster than waking the OpenMP team.
+             ["-O3", "-fno-math-errno", "-fopenmp-simd"], ["-O3", "-fno-math-errno"])
+# Below this many elements one thread is faster than waking the OpenMP team (the learned optimizer's step
+# does ~1000 FLOPs an element, not ~10: a thread pays off on far fewer).
 MIN_ELEMENTS_PER_THREAD = 32_768
+MIN_LEARNED_ELEMENTS_PER_THREAD = 2_048
 
 _library: ctypes.CDLL | None = None
 _built = False
@@ -58,6 +60,9 @@ def _compile() -> ctypes.CDLL | None:
                     getattr(library, name).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
                     getattr(library, name).restype = None
+                library.learned_step.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+                library.learned_step.restype = None
                 return library
             errors.append(f"{' '.join(command)}: {result.stderr.strip()[:300]}")
     warnings.warn("metaopt's fused CPU kernels did not compile; fused=True uses torch.compile instead. "
@@ -98,4 +103,23 @@ def run(kernel: str, tensor_lists: list[list[torch.Tensor]], scalars: list[float
     # Written through raw pointers: tell autograd, as in-place torch ops would.
     written = [t for i, tensors in enumerate(tensor_lists) if i != 1 for t in tensors]
     increment_version(written)
+    return True
+
+
+def run_learned(tensor_lists: list[list[torch.Tensor]], weights: torch.Tensor, scalars: list[float]) -> bool:
+    """The learned optimizer's step (one hidden layer) in place over ``tensor_lists`` = [params, grads,
+    momenta, second moments] with the flat ``weights``; ``scalars`` as ``learned_step`` in the C file
+    reads them. False (nothing done) where it cannot run."""
+    if not supports(tensor_lists) or (lib := library()) is None:
+        return False
+    params = tensor_lists[0]
+    weights = weights.to(params[0].dtype).contiguous()
+    sizes = [p.numel() for p in params]
+    pointers = [t.data_ptr() for tensors in tensor_lists for t in tensors]
+    sums = (ctypes.c_double * (6 * len(params)))()
+    threads = max(1, min(torch.get_num_threads(), sum(sizes) // MIN_LEARNED_ELEMENTS_PER_THREAD))
+    lib.learned_step(int(params[0].dtype == torch.float64), (ctypes.c_void_p * len(pointers))(*pointers),
+                     (ctypes.c_int64 * len(sizes))(*sizes), len(params), (ctypes.c_double * len(scalars))(*scalars),
+                     threads, weights.data_ptr(), sums)
+    increment_version([t for i, tensors in enumerate(tensor_lists) if i != 1 for t in tensors])
     return True

@@ -11,7 +11,23 @@ from typing import Any
 import torch
 
 from metaopt.checks import is_finite_number
-from metaopt.optim.functional.learned import FORMS, LearnedState, learned, num_weights
+from metaopt.optim import _cpu_kernels
+from metaopt.optim.functional.learned import (
+    ADAM_CORRECTION,
+    ADAM_LOG_RANGE,
+    ADAM_STEP_SCALE,
+    EPS,
+    FORMS,
+    MAX_DIRECTION,
+    MAX_LOG_MAGNITUDE,
+    MOMENTUM_DECAYS,
+    SECOND_MOMENT_DECAY,
+    STEP_SCALE,
+    TIMESCALES,
+    LearnedState,
+    learned,
+    num_weights,
+)
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
 
 __all__ = ["LearnedOptimizer", "load_weights", "resolve_weights", "core_kwargs"]
@@ -73,14 +89,18 @@ class LearnedOptimizer(Optimizer):
     is read from the file otherwise; ``form``, what the MLP's first output is, likewise, ``"direction"`` for a
     tensor unless given). ``lr`` multiplies the learned step (1: as meta-trained); LR
     schedulers act on it. ``maximize`` ascends. One param group's tensors go through the MLP in one
-    call (the elements concatenated): the multi-tensor path, on CPU and CUDA alike.
+    call (the elements concatenated): the multi-tensor path, on CPU and CUDA alike. ``fused`` (CPU, float32
+    or float64, one hidden layer): one C kernel over all tensors of a group that updates the state in place
+    and runs the MLP element block by element block in registers, allocating nothing per element (the
+    functional core's arithmetic, up to the order of the MLP's sums and, in float32, exp/tanh to about an
+    ulp); ``None`` (the default) takes it wherever it applies, ``True`` requires it, ``False`` never.
 
     >>> opt = LearnedOptimizer.from_pretrained("digits_pes", model.parameters())
     """
 
     def __init__(self, params: Iterable, weights: str | Path | torch.Tensor = DEFAULT_WEIGHTS, lr: float = 1.0,
                  hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None,
-                 form: str | None = None):
+                 form: str | None = None, fused: bool | None = None):
         weights, hidden, form, meta = resolve_weights(weights, hidden, form)
         hidden = list(hidden)
         check_hyperparameter("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden),
@@ -93,7 +113,7 @@ class LearnedOptimizer(Optimizer):
                              "finite numbers")
         self.meta = meta
         defaults = dict(lr=lr, weights=weights.detach().clone(), hidden=tuple(hidden), form=form,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     @classmethod
@@ -124,7 +144,11 @@ class LearnedOptimizer(Optimizer):
         check_hyperparameter("weights", type(weights).__name__, isinstance(weights, torch.Tensor)
                              and weights.numel() == num_weights(hidden), f"{num_weights(hidden)} numbers")
         check_hyperparameter("form", group.get("form"), group.get("form") in FORMS, f"one of {FORMS}")
-        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden", "form")})
+        fused = group.get("fused")
+        check_hyperparameter("fused", fused, fused in (None, True, False), "None, True or False")
+        check_hyperparameter("fused", fused, not fused or len(hidden) == 1,
+                             f"None or False for hidden={list(hidden)} (the fused kernel runs one hidden layer)")
+        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden", "form", "fused")})
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         from metaopt.optim.functional.learned import learned_init
@@ -147,8 +171,40 @@ class LearnedOptimizer(Optimizer):
             if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
                 raise ValueError("invalid gradients: NaN/Inf (allowed: finite numbers; the learned optimizer's "
                                  "features would turn every element of such a tensor into NaN)")
+        if group.get("fused") is not False and self._fused_step(group, params, grads, states, weights):
+            return
         new_params, new_state = learned(params, grads, state, weights=weights, hidden=group["hidden"],
                                         lr=hyper_value(group["lr"]), form=group.get("form", "direction"))
         for p, new, s, m, v in zip(params, new_params, states, new_state.momenta, new_state.second_moment):
             p.copy_(new)
             s["momenta"], s["second_moment"], s["step"] = m, v, new_state.step
+
+    @staticmethod
+    def _fused_step(group, params, grads, states, weights) -> bool:
+        """The C kernel's step in place (``_cpu_kernels.learned_step``); False where it does not apply."""
+        hidden, form = group["hidden"], group.get("form", "direction")
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or len(hidden) != 1 or hidden[0] > 256:
+            return LearnedOptimizer._no_fused(group)
+        step = states[0]["step"] + 1
+        lr = float(hyper_value(group["lr"]))
+        if form == "adam":
+            scale, bounds = ADAM_STEP_SCALE, (ADAM_CORRECTION, ADAM_LOG_RANGE)
+        else:
+            scale, bounds = STEP_SCALE, (MAX_DIRECTION, MAX_LOG_MAGNITUDE)
+        clock = torch.tanh(step / torch.tensor(TIMESCALES, dtype=torch.float64) - 1).tolist()
+        scalars = [*clock, float(1 - SECOND_MOMENT_DECAY ** step), scale * lr, float(form == "adam"), hidden[0],
+                   *MOMENTUM_DECAYS, SECOND_MOMENT_DECAY, EPS, *bounds]
+        tensors = [list(params), list(grads), [s["momenta"] for s in states], [s["second_moment"] for s in states]]
+        if not _cpu_kernels.run_learned(tensors, weights, scalars):
+            return LearnedOptimizer._no_fused(group)
+        for s in states:
+            s["step"] = step
+        return True
+
+    @staticmethod
+    def _no_fused(group) -> bool:
+        if group.get("fused"):
+            raise RuntimeError("fused=True: the fused learned-optimizer step runs on contiguous float32/float64 CPU "
+                               "tensors with one hidden layer (<= 256 wide), outside autograd and torch.compile, "
+                               "with a C compiler; use fused=None (where it applies) or False otherwise")
+        return False

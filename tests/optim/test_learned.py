@@ -39,11 +39,12 @@ def _loss(model, x, y):
     return (model(x) - y).pow(2).mean()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("form", FORMS)
-def test_the_class_takes_the_functional_cores_steps(form):
+def test_the_class_takes_the_functional_cores_steps(form, fused):
     model, x, y = _model(), torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     weights = _weights(form=form)
-    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7, form=form)
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7, form=form, fused=fused)
     params = tuple(p.detach().clone() for p in model.parameters())
     state = learned_init(params)
     reference = copy.deepcopy(model)
@@ -58,6 +59,41 @@ def test_the_class_takes_the_functional_cores_steps(form):
     for p, q in zip(model.parameters(), params):
         torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
     assert int(opt.state[next(model.parameters())]["step"]) == 20
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_fused_float32_kernel_follows_the_functional_core_over_blocks_threads_and_tails(form):
+    """Tensors of 1 to 70 001 elements (partial blocks, spans split across threads), float32: the kernel's own
+    exp/tanh and its order of the MLP's sums stay within a few float32 ulps of the core for 30 steps."""
+    generator = torch.Generator().manual_seed(3)
+    weights = _weights(hidden=(32,), dtype=torch.float32, form=form)
+    params = [torch.randn(size, generator=generator) for size in (1, 17, 3000, 70_001)]
+    fused = [nn.Parameter(p.clone().view(-1, 1) if p.numel() == 3000 else p.clone()) for p in params]
+    opt = LearnedOptimizer(fused, weights=weights, hidden=[32], lr=1.3, form=form, fused=True)
+    reference, state = tuple(p.clone() for p in fused), learned_init(fused)
+    for _ in range(30):
+        grads = [torch.randn(p.shape, generator=generator) * 10.0 ** torch.randint(-4, 2, ()).item() for p in fused]
+        for p, g in zip(fused, grads):
+            p.grad = g
+        opt.step()
+        reference, state = learned(reference, grads, state, weights=weights, hidden=[32], lr=1.3, form=form)
+    for p, q, start in zip(fused, reference, params):
+        assert not torch.equal(q.view(-1), start)
+        torch.testing.assert_close(p.detach(), q, rtol=2e-5, atol=2e-6)
+    momenta = [opt.state[p]["momenta"] for p in fused]
+    torch.testing.assert_close(momenta, list(state.momenta), rtol=1e-5, atol=1e-6)  # (FMA contraction)
+
+
+def test_fused_is_refused_where_it_cannot_run():
+    param = nn.Parameter(torch.randn(4))
+    with pytest.raises(ValueError, match="fused"):
+        LearnedOptimizer([param], weights=_weights(hidden=(8, 8)), hidden=[8, 8], fused=True)
+    param.grad = torch.ones(4)
+    opt = LearnedOptimizer([nn.Parameter(torch.randn(4, dtype=torch.float16))], weights=_weights(), hidden=[16],
+                           fused=True)
+    opt.param_groups[0]["params"][0].grad = torch.ones(4, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="fused=True"):
+        opt.step()
 
 
 def test_initial_weights_take_a_sign_step_of_a_tenth_of_the_scale_first():
