@@ -14,30 +14,54 @@
 #endif
 
 typedef void (*span_fn)(void **ptrs, int64_t n, int64_t t, int64_t lo, int64_t hi, const double *s);
+typedef void (*visit_fn)(const void *context, int64_t t, int64_t lo, int64_t hi);
+
+static int64_t total_elements(const int64_t *sizes, int64_t n) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < n; ++t) total += sizes[t];
+    return total;
+}
+
+/* In a parallel region: visit this thread's even share of all n tensors' elements as (tensor, lo, hi)
+   spans, one per tensor it touches. Boundaries on multiples of 16 elements, so that no two threads write
+   one cache line. */
+static void visit_this_threads_spans(visit_fn visit, const void *context, const int64_t *sizes, int64_t n,
+                                     int64_t total) {
+    int id = 0, count = 1;
+#ifdef _OPENMP
+    id = omp_get_thread_num();
+    count = omp_get_num_threads();
+#endif
+    int64_t begin = (total * id / count) & ~(int64_t)15;
+    int64_t end = id + 1 == count ? total : (total * (id + 1) / count) & ~(int64_t)15;
+    int64_t offset = 0;
+    for (int64_t t = 0; t < n && offset < end; offset += sizes[t], ++t) {
+        int64_t lo = (begin > offset ? begin : offset) - offset;
+        int64_t hi = (end < offset + sizes[t] ? end : offset + sizes[t]) - offset;
+        if (lo < hi) visit(context, t, lo, hi);
+    }
+}
+
+typedef struct {
+    span_fn span;
+    void **ptrs;
+    int64_t n;
+    const double *s;
+} plain_args;
+
+static void plain_span(const void *context, int64_t t, int64_t lo, int64_t hi) {
+    const plain_args *a = (const plain_args *)context;
+    a->span(a->ptrs, a->n, t, lo, hi, a->s);
+}
 
 static void for_all_elements(span_fn span, void **ptrs, const int64_t *sizes, int64_t n, const double *s,
                              int threads) {
-    int64_t total = 0;
-    for (int64_t t = 0; t < n; ++t) total += sizes[t];
+    plain_args a = {span, ptrs, n, s};
+    int64_t total = total_elements(sizes, n);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
-    {
-        int id = 0, count = 1;
-#ifdef _OPENMP
-        id = omp_get_thread_num();
-        count = omp_get_num_threads();
-#endif
-        /* Boundaries on multiples of 16 elements, so that no two threads write one cache line. */
-        int64_t begin = (total * id / count) & ~(int64_t)15;
-        int64_t end = id + 1 == count ? total : (total * (id + 1) / count) & ~(int64_t)15;
-        int64_t offset = 0;
-        for (int64_t t = 0; t < n && offset < end; offset += sizes[t], ++t) {
-            int64_t lo = (begin > offset ? begin : offset) - offset;
-            int64_t hi = (end < offset + sizes[t] ? end : offset + sizes[t]) - offset;
-            if (lo < hi) span(ptrs, n, t, lo, hi, s);
-        }
-    }
+    visit_this_threads_spans(plain_span, &a, sizes, n, total);
 }
 
 #define COMPLEX_MOMENTUM_SPAN(NAME, T)                                                                  \
@@ -247,7 +271,8 @@ typedef struct {
     double *sums;
 } learned_args;
 
-static void learned_moments_span(const learned_args *a, int64_t t, int64_t lo, int64_t hi) {
+static void learned_moments_span(const void *context, int64_t t, int64_t lo, int64_t hi) {
+    const learned_args *a = (const learned_args *)context;
     double mine[6] = {0, 0, 0, 0, 0, 0};
     if (a->is_double) learned_moments_double(a->ptrs, a->n, t, lo, hi, a->s, a->sizes, mine);
     else learned_moments_float(a->ptrs, a->n, t, lo, hi, a->s, a->sizes, mine);
@@ -259,43 +284,25 @@ static void learned_moments_span(const learned_args *a, int64_t t, int64_t lo, i
     }
 }
 
-static void learned_update_span(const learned_args *a, int64_t t, int64_t lo, int64_t hi) {
+static void learned_update_span(const void *context, int64_t t, int64_t lo, int64_t hi) {
+    const learned_args *a = (const learned_args *)context;
     if (a->is_double)
         learned_update_double(a->ptrs, a->n, t, lo, hi, a->s, a->sizes, a->sums + 6 * t, (const double *)a->w);
     else
         learned_update_float(a->ptrs, a->n, t, lo, hi, a->s, a->sizes, a->sums + 6 * t, (const float *)a->w);
 }
 
-/* Thread id's share of all elements (of count threads), as (tensor, lo, hi) spans, as in for_all_elements. */
-static void learned_for_spans(void (*span)(const learned_args *, int64_t, int64_t, int64_t), const learned_args *a,
-                              int64_t total, int id, int count) {
-    int64_t begin = (total * id / count) & ~(int64_t)15;
-    int64_t end = id + 1 == count ? total : (total * (id + 1) / count) & ~(int64_t)15;
-    int64_t offset = 0;
-    for (int64_t t = 0; t < a->n && offset < end; offset += a->sizes[t], ++t) {
-        int64_t lo = (begin > offset ? begin : offset) - offset;
-        int64_t hi = (end < offset + a->sizes[t] ? end : offset + a->sizes[t]) - offset;
-        if (lo < hi) span(a, t, lo, hi);
-    }
-}
-
 void learned_step(int is_double, void **ptrs, const int64_t *sizes, int64_t n, const double *s, int threads,
                   const void *w, double *sums) {
     learned_args a = {is_double, ptrs, sizes, n, s, w, sums};
-    int64_t total = 0;
-    for (int64_t t = 0; t < n; ++t) total += sizes[t];
+    int64_t total = total_elements(sizes, n);
     if ((int)s[7] < 1 || (int)s[7] > LEARNED_MAX_HIDDEN) return;
     for (int64_t i = 0; i < 6 * n; ++i) sums[i] = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
     {
-        int id = 0, count = 1;
-#ifdef _OPENMP
-        id = omp_get_thread_num();
-        count = omp_get_num_threads();
-#endif
-        learned_for_spans(learned_moments_span, &a, total, id, count);
+        visit_this_threads_spans(learned_moments_span, &a, sizes, n, total);
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -305,6 +312,6 @@ void learned_step(int is_double, void **ptrs, const int64_t *sizes, int64_t n, c
             sums[6 * t + 5] /= s[4];
             for (int k = 0; k < 6; ++k) sums[6 * t + k] = 1.0 / sqrt(sums[6 * t + k] / (double)sizes[t] + 1e-12);
         }
-        learned_for_spans(learned_update_span, &a, total, id, count);
+        visit_this_threads_spans(learned_update_span, &a, sizes, n, total);
     }
 }
