@@ -7,7 +7,10 @@ truncation length (10), particle count (16) and outer optimizer (Adam, lr 3e-3) 
 truncated methods (TBPTT, truncated ES: they ignore the truncation's effect on later ones) should show
 against the unbiased PES and ES-Single.
 
-    python -m experiments.learned_optimizers.compare_estimators [--steps 300]
+    python -m experiments.learned_optimizers.compare_estimators [--steps 300] [--form adam]
+
+``--form``: the learned optimizer's form (``adam``, as shipped, writes ``estimators_adam.*``; ``direction``,
+the first design, ``estimators.*``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ ESTIMATORS = {
 }
 
 
-def meta_train(name: str, steps: int, eval_every: int, seed: int = 0) -> dict:
+def meta_train(name: str, steps: int, eval_every: int, seed: int = 0, form: str = "adam") -> dict:
     torch.manual_seed(seed)
-    problem = LearnedOptimizerTraining(horizon=HORIZON)
+    problem = LearnedOptimizerTraining(horizon=HORIZON, form=form)
     estimator = ESTIMATORS[name](problem, seed=seed)
     theta = torch.nn.Parameter(problem.initial_theta())
     optimizer = torch.optim.Adam([theta], lr=3e-3)
@@ -55,10 +58,11 @@ def meta_train(name: str, steps: int, eval_every: int, seed: int = 0) -> dict:
     return {"curve": curve, "seconds": time.perf_counter() - started}
 
 
-def main(steps: int = 300, eval_every: int = 50, out: Path = HERE) -> dict:
+def main(steps: int = 300, eval_every: int = 50, out: Path = HERE, form: str = "adam") -> dict:
     torch.set_num_threads(1)
-    results = {name: meta_train(name, steps, eval_every) for name in ESTIMATORS}
-    (out / "estimators.json").write_text(json.dumps(results, indent=1))
+    results = {name: meta_train(name, steps, eval_every, form=form) for name in ESTIMATORS}
+    stem = "estimators" if form == "direction" else f"estimators_{form}"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,18 +75,18 @@ def main(steps: int = 300, eval_every: int = 50, out: Path = HERE) -> dict:
     ax.set_xlabel("particle-steps spent")
     ax.set_ylabel("meta-objective (mean normalised loss)")
     ax.set_yscale("log")
-    ax.set_title(f"Meta-training a learned optimizer (horizon {HORIZON}, K={TRUNCATION}, N={PARTICLES})",
+    ax.set_title(f"Meta-training a learned optimizer, form {form} (horizon {HORIZON}, K={TRUNCATION}, N={PARTICLES})",
                  fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "estimators.png", dpi=110)
+    fig.savefig(out / f"{stem}.png", dpi=110)
     lines = ["| estimator | start | " + " | ".join(f"{x} p-steps" for x, _ in results["PES"]["curve"][1:]) +
              " | seconds |", "|---" * (len(results["PES"]["curve"]) + 2) + "|"]
     for name, result in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{y:.4f}" for _, y in result["curve"]) +
                      f" | {result['seconds']:.0f} |")
-    (out / "estimators.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return results
 
 
@@ -90,5 +94,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--form", choices=("adam", "direction"), default="adam")
     args = parser.parse_args()
-    main(args.steps, args.eval_every)
+    main(args.steps, args.eval_every, form=args.form)
