@@ -34,3 +34,13 @@ def test_the_search_box_is_the_documented_one_in_theta_coordinates():
     assert abs(described_low["momentum.3"] - 0.01) < 1e-6 and abs(described_high["weight_decay.1"] - 0.1) < 1e-6
     centre = run.describe(run.initial_theta())
     assert abs(centre["momentum.1"] - 0.5) < 1e-6 and abs(centre["lr_start.3"] - hpo.CENTRE["lr"]) < 1e-6
+
+
+def test_each_es_variant_changes_one_setting_of_the_runners_es_single():
+    base = hpo.config("3", "es_single", 0)
+    lr = hpo.config("3", "es_single_lr01", 0)
+    particles = hpo.config("3", "es_single_p8", 0)
+    assert lr.outer.outer_optimizer.lr == 0.1 != base.outer.outer_optimizer.lr
+    assert particles.outer.estimator.num_particles == 8 != base.outer.estimator.num_particles
+    assert lr.outer.estimator == base.outer.estimator and particles.outer.outer_optimizer == base.outer.outer_optimizer
+    assert set(hpo.ESTIMATOR) <= set(hpo.ES_METHODS) and all(m in hpo.LABELS for m in hpo.METHODS)

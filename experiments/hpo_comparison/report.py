@@ -12,11 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from experiments.hpo_comparison.run import ES_METHODS as ES  # noqa: E402
 from experiments.hpo_comparison.run import LABELS, METHODS  # noqa: E402
 from metaopt.runner.report import markdown_table  # noqa: E402
 
-ES = ("es_single", "pes", "es_single_cosine")
-COLOURS = {"es_single": "C0", "pes": "C1", "es_single_cosine": "C4", "random": "C2", "tpe": "C3"}
+COLOURS = {"es_single": "C0", "pes": "C1", "es_single_cosine": "C4", "es_single_lr01": "C5", "random": "C2",
+           "tpe": "C3"}
+PLOTTED = tuple(COLOURS)  # the other one-factor ES variants are in the tables only
+SEARCH_SEEDS = (0, 1, 2)  # the seeds every method ran; later seeds confirm a variant chosen on these
 
 
 def _load(folder: Path) -> dict[str, dict[str, list[dict]]]:
@@ -25,6 +28,11 @@ def _load(folder: Path) -> dict[str, dict[str, list[dict]]]:
         result = json.loads(path.read_text())
         runs[result["problem"]][result["method"]].append(result)
     return runs
+
+
+def _seeds(methods: dict[str, list[dict]], keep) -> dict[str, list[dict]]:
+    kept = {m: [r for r in results if keep(r["seed"])] for m, results in methods.items()}
+    return {m: results for m, results in kept.items() if results}
 
 
 def _curve(results: list[dict], key: str = "meta_objective") -> list[list[float | None]]:
@@ -42,14 +50,14 @@ def _cell(values: list[float | None], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def _tables(problem: str, runs: dict[str, list[dict]]) -> list[str]:
+def _tables(problem: str, runs: dict[str, list[dict]], note: str = "") -> list[str]:
     methods = [m for m in METHODS if m in runs]
     first = runs[methods[0]][0]
     horizon, checkpoints = first["horizon"], first["checkpoints"]
     shown = [i for i, c in enumerate(checkpoints) if c // horizon in (4, 16, 64, 128) or i == len(checkpoints) - 1]
     seeds = sorted({r["seed"] for m in methods for r in runs[m]})
     lines = [f"### Problem {problem}: {first['dim']} numbers, {horizon}-step runs "
-             f"(seeds {', '.join(map(str, seeds))})", "",
+             f"(seeds {', '.join(map(str, seeds))}){note}", "",
              "Measured meta-objective (mean validation loss over the run, averaged over 3 held-out data seeds) "
              "of each method's best-found setting, mean ± standard deviation over search seeds, at each "
              "budget in inner training steps (= training runs' worth × horizon). Lower is better.", ""]
@@ -110,29 +118,31 @@ def _tables(problem: str, runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _plot(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path:
-    problems = [p for p in ("3", "12", "20") if p in runs]
-    fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2), squeeze=False)
-    for ax, problem in zip(axes[0], problems):
-        first = next(iter(runs[problem].values()))[0]
-        for method in METHODS:
-            if method not in runs[problem]:
+def _plot(panels: list[tuple[str, dict[str, list[dict]]]], path: Path) -> Path:
+    """One panel per (title suffix, {method: results}) of one problem."""
+    columns = 2 if len(panels) == 4 else len(panels)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.2 * rows), squeeze=False)
+    for ax, (suffix, runs) in zip(axes.flat, panels):
+        first = next(iter(runs.values()))[0]
+        for method in PLOTTED:
+            if method not in runs:
                 continue
-            checkpoints = runs[problem][method][0]["checkpoints"]
-            curve = _curve(runs[problem][method])
+            checkpoints = runs[method][0]["checkpoints"]
+            curve = _curve(runs[method])
             xs = [c for c, v in zip(checkpoints, curve) if any(x is not None for x in v)]
             values = [[x for x in v if x is not None] for v in curve if any(x is not None for x in v)]
             ax.plot(xs, [statistics.fmean(v) for v in values], "o-", ms=3, color=COLOURS[method],
-                    label=f"{LABELS[method]} ({len(runs[problem][method])} seeds)")
+                    label=f"{LABELS[method]} ({len(runs[method])} seeds)")
             ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=COLOURS[method],
                             alpha=0.15)
         ax.set_xscale("log")
         ax.set_xlabel("inner training steps spent")
         ax.set_ylabel("meta-objective of best found (held-out seeds)")
-        ax.set_title(f"{first['dim']} numbers, {first['horizon']}-step runs")
+        ax.set_title(f"{first['dim']} numbers, {first['horizon']}-step runs{suffix}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        low = min(min(v for v in vs if v is not None) for m in runs[problem].values() for vs in _curve(m))
+        low = min(min(v for v in vs if v is not None) for m in runs.values() for vs in _curve(m))
         ax.set_ylim(low * 0.95, min(1.0, ax.get_ylim()[1]))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -141,14 +151,21 @@ def _plot(runs: dict[str, dict[str, list[dict]]], path: Path) -> Path:
 
 
 def report(results: Path, out: Path) -> None:
-    runs = _load(results)
-    if not runs:
+    loaded = _load(results)
+    if not loaded:
         raise SystemExit(f"no results in {results}: run python -m experiments.hpo_comparison.run first")
+    runs = {problem: _seeds(methods, lambda seed: seed in SEARCH_SEEDS) for problem, methods in loaded.items()}
+    confirming = {problem: _seeds(methods, lambda seed: seed not in SEARCH_SEEDS)
+                  for problem, methods in loaded.items()}
     lines = ["# Compute-matched search: results", "",
              "Written by `python -m experiments.hpo_comparison.run --report` from `results/*.json`.", ""]
     for problem in ("3", "12", "20"):
-        if problem in runs:
+        if runs.get(problem):
             lines += _tables(problem, runs[problem])
+        if confirming.get(problem):
+            lines += _tables(problem, confirming[problem], note=": confirmation on fresh search seeds")
     (out / "results.md").write_text("\n".join(lines))
-    _plot(runs, out / "curves.png")
+    panels = [(f"{' (seeds 0-2)' if confirming.get(p) else ''}", runs[p]) for p in ("3", "12", "20") if runs.get(p)]
+    panels += [(", fresh seeds", confirming[p]) for p in ("3", "12", "20") if confirming.get(p)]
+    _plot(panels, out / "curves.png")
     print("\n".join(lines))
