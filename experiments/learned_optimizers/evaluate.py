@@ -7,7 +7,10 @@ with the learned optimizer used as any ``torch.optim`` optimizer. Final losses a
 steps' minibatch losses (training) and the full validation split at the end (validation), over seeds.
 
     python -m experiments.learned_optimizers.evaluate [--weights digits_pes] [--steps 1000] [--seeds 2]
-        [--cache adam_runs.json]
+        [--first-seed 0] [--cache adam_runs.json]
+
+``--first-seed``: the seeds are ``first-seed … first-seed + seeds - 1`` (fresh seeds: ones no choice was
+made on; the tuned lr is chosen per task on those seeds too).
 
 ``--cache``: a JSON file that keeps Adam's runs (they do not depend on the learned weights), so that a
 second evaluation (other weights) trains only the learned optimizer.
@@ -78,7 +81,7 @@ def final(losses: list[float]) -> float:
 
 
 def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000, seeds: int = 2,
-         out: Path = HERE, cache: Path | None = None, adam_only: bool = False) -> dict | None:
+         out: Path = HERE, cache: Path | None = None, adam_only: bool = False, first_seed: int = 0) -> dict | None:
     torch.set_num_threads(1)
     adam = AdamRuns(cache)
     lopt = lambda params: LearnedOptimizer(params, weights=weights)  # noqa: E731
@@ -87,7 +90,7 @@ def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000,
     started = time.perf_counter()
     for inner in digits_tasks("test"):
         runs: dict[str, list[tuple[list[float], float]]] = {"learned": [], **{f"adam_{lr:g}": [] for lr in GRID}}
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             for lr in GRID:
                 runs[f"adam_{lr:g}"].append(adam(inner.name, inner.task, lr, steps, seed))
             if not adam_only:
@@ -98,7 +101,7 @@ def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000,
 
         best = min((f"adam_{lr:g}" for lr in GRID), key=lambda name: summary(name)[0])
         if adam_only:
-            adam(inner.name, inner.task, float(best.split("_")[1]), long_steps, 0)
+            adam(inner.name, inner.task, float(best.split("_")[1]), long_steps, first_seed)
             print(f"{inner.name}: Adam's runs done [{time.perf_counter() - started:.0f} s]", flush=True)
             continue
         learned, default, tuned = summary("learned"), summary("adam_0.001"), summary(best)
@@ -106,8 +109,8 @@ def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000,
                      "adam_default_train": default[0], "adam_default_val": default[1],
                      "adam_tuned_lr": float(best.split("_")[1]), "adam_tuned_train": tuned[0],
                      "adam_tuned_val": tuned[1]})
-        long_learned, _ = train(inner.task, lopt, long_steps, 0)
-        long_tuned, _ = adam(inner.name, inner.task, rows[-1]["adam_tuned_lr"], long_steps, 0)
+        long_learned, _ = train(inner.task, lopt, long_steps, first_seed)
+        long_tuned, _ = adam(inner.name, inner.task, rows[-1]["adam_tuned_lr"], long_steps, first_seed)
         curves[inner.name] = {"learned": long_learned, "adam_default": runs["adam_0.001"][0][0],
                               "adam_tuned": long_tuned}
         print(f"{inner.name}: learned {learned[0]:.4f}  adam(1e-3) {default[0]:.4f}  "
@@ -119,7 +122,8 @@ def main(weights: str = "digits_pes", steps: int = 1000, long_steps: int = 2000,
     past = {name: {"at_horizon": final(c["learned"][:meta.get("horizon", 200)]),
                    "at_1000": final(c["learned"][:1000]), "at_2000": final(c["learned"])}
             for name, c in curves.items()}
-    result = {"weights": weights, "meta": meta, "steps": steps, "seeds": seeds, "rows": rows,
+    result = {"weights": weights, "meta": meta, "steps": steps, "seeds": seeds, "first_seed": first_seed,
+              "rows": rows,
               "beats_default_adam": beats_default, "at_or_below_tuned_adam": at_tuned, "past_horizon": past}
     write(result, curves, out)
     return result
@@ -133,7 +137,9 @@ def write(result: dict, curves: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "held_out.json").write_text(json.dumps(result, indent=1))
-    lines = [f"Held-out tasks, {result['steps']} steps, mean over {result['seeds']} seeds (training loss: mean "
+    first = result.get("first_seed", 0)
+    lines = [f"Held-out tasks, {result['steps']} steps, mean over {result['seeds']} seeds ({first}-"
+             f"{first + result['seeds'] - 1}; training loss: mean "
              "minibatch loss of the last 50 steps; validation: full split at the end). Weights "
              f"`{result['weights']}` (meta-trained by {result['meta'].get('estimator', '?')} on "
              f"{len(result['meta'].get('tasks', []))} tasks, horizon {result['meta'].get('horizon', '?')}).", "",
@@ -172,8 +178,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--long-steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--cache", type=Path, default=None, help="a JSON file keeping Adam's runs")
     parser.add_argument("--adam-only", action="store_true", help="only Adam's runs (to fill --cache)")
     args = parser.parse_args()
-    main(args.weights, args.steps, args.long_steps, args.seeds, args.out, args.cache, args.adam_only)
+    main(args.weights, args.steps, args.long_steps, args.seeds, args.out, args.cache, args.adam_only,
+         args.first_seed)
