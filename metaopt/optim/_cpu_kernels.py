@@ -1,4 +1,5 @@
-"""The C kernels of the ``fused=True`` complex optimizers on CPU (``_cpu_kernels.c``).
+"""The C kernels of the ``fused=True`` complex optimizers and of ``LearnedOptimizer``'s fused step on CPU
+(``_cpu_kernels.c``).
 
 On CPU a ``torch.compile``-d multi-tensor step spends more time in dynamo's guards and inductor's
 wrapper (checks over every tensor of the group) than in its kernel: at 1M parameters over 40 tensors
@@ -6,8 +7,8 @@ it took 1.8× torch's fused SGD step. These kernels do the same arithmetic in on
 tensors and are called through ``ctypes`` with one array of data pointers, so a step costs what its
 memory traffic costs. The C file is compiled once per process, on first use, with the system C
 compiler (``$CC``, else ``cc``; about 0.2 s), OpenMP and ``-march=native`` where the compiler takes
-them; without a working compiler :func:`run` returns False and the caller takes the
-``torch.compile`` path.
+them; without a working compiler :func:`run` and :func:`run_learned` return False and the caller takes
+the ``torch.compile`` path (complex optimizers) or the functional core's torch code (the learned optimizer).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FLAG_SETS = (["-O3", "-fno-math-errno", "-march=native", "-fopenmp"], ["-O3", "-
 MIN_ELEMENTS_PER_THREAD = 32_768
 MIN_LEARNED_ELEMENTS_PER_THREAD = 2_048
 
+FALLBACKS = "complex momentum and Adam; LearnedOptimizer takes its torch path, and refuses fused=True"
 _library: ctypes.CDLL | None = None
 _built = False
 
@@ -43,7 +45,7 @@ def _compile() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         warnings.warn(f"no C compiler ({compiler!r}) for metaopt's fused CPU kernels; fused=True uses "
-                      "torch.compile instead", stacklevel=4)
+                      f"torch.compile instead ({FALLBACKS})", stacklevel=4)
         return None
     source = resources.files("metaopt.optim").joinpath(SOURCE).read_text()
     errors = []
@@ -65,8 +67,8 @@ def _compile() -> ctypes.CDLL | None:
                 library.learned_step.restype = None
                 return library
             errors.append(f"{' '.join(command)}: {result.stderr.strip()[:300]}")
-    warnings.warn("metaopt's fused CPU kernels did not compile; fused=True uses torch.compile instead. "
-                  + " | ".join(errors), stacklevel=4)
+    warnings.warn(f"metaopt's fused CPU kernels did not compile; fused=True uses torch.compile instead "
+                  f"({FALLBACKS}). " + " | ".join(errors), stacklevel=4)
     return None
 
 

@@ -277,3 +277,22 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"invalid gradients: NaN/Inf"):
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before)), "nothing moved"
+
+
+def test_without_the_c_kernel_the_default_takes_the_torch_path_and_fused_true_is_refused(monkeypatch):
+    from metaopt.optim import _cpu_kernels
+
+    monkeypatch.setattr(_cpu_kernels, "library", lambda: None)
+    model, x, y = _model(), torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    weights = _weights()
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16])
+    params, state = tuple(p.detach().clone() for p in model.parameters()), learned_init(list(model.parameters()))
+    _loss(model, x, y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    params, _ = learned(params, grads, state, weights=weights, hidden=[16])
+    for p, q in zip(model.parameters(), params):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=0)   # the torch path: the core's own arithmetic
+    strict = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], fused=True)
+    with pytest.raises(RuntimeError, match="fused=True: the fused learned-optimizer step runs on"):
+        strict.step()
