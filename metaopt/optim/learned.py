@@ -35,6 +35,7 @@ __all__ = ["LearnedOptimizer", "load_weights", "resolve_weights", "core_kwargs"]
 _PRETRAINED = "pretrained"
 DEFAULT_WEIGHTS = "digits_pes"
 DEFAULT_HIDDEN = (32,)
+MAX_FUSED_HIDDEN = 256  # LEARNED_MAX_HIDDEN in _cpu_kernels.c
 
 
 def _pretrained_folder() -> Path:
@@ -146,8 +147,9 @@ class LearnedOptimizer(Optimizer):
         check_hyperparameter("form", group.get("form"), group.get("form") in FORMS, f"one of {FORMS}")
         fused = group.get("fused")
         check_hyperparameter("fused", fused, fused in (None, True, False), "None, True or False")
-        check_hyperparameter("fused", fused, not fused or len(hidden) == 1,
-                             f"None or False for hidden={list(hidden)} (the fused kernel runs one hidden layer)")
+        check_hyperparameter("fused", fused, not fused or (len(hidden) == 1 and hidden[0] <= MAX_FUSED_HIDDEN),
+                             f"None or False for hidden={list(hidden)} (the fused kernel runs one hidden layer of "
+                             f"at most {MAX_FUSED_HIDDEN})")
         super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden", "form", "fused")})
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class LearnedOptimizer(Optimizer):
     def _fused_step(group, params, grads, states, weights) -> bool:
         """The C kernel's step in place (``_cpu_kernels.learned_step``); False where it does not apply."""
         hidden, form = group["hidden"], group.get("form", "direction")
-        if torch.compiler.is_compiling() or torch.is_grad_enabled() or len(hidden) != 1 or hidden[0] > 256:
+        if torch.compiler.is_compiling() or torch.is_grad_enabled() or len(hidden) != 1 or hidden[0] > MAX_FUSED_HIDDEN:
             return LearnedOptimizer._no_fused(group)
         step = states[0]["step"] + 1
         lr = float(hyper_value(group["lr"]))

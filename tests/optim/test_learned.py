@@ -88,6 +88,8 @@ def test_fused_is_refused_where_it_cannot_run():
     param = nn.Parameter(torch.randn(4))
     with pytest.raises(ValueError, match="fused"):
         LearnedOptimizer([param], weights=_weights(hidden=(8, 8)), hidden=[8, 8], fused=True)
+    with pytest.raises(ValueError, match="at most 256"):
+        LearnedOptimizer([param], weights=_weights(hidden=(300,)), hidden=[300], fused=True)
     param.grad = torch.ones(4)
     opt = LearnedOptimizer([nn.Parameter(torch.randn(4, dtype=torch.float16))], weights=_weights(), hidden=[16],
                            fused=True)
