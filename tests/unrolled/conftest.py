@@ -18,6 +18,40 @@ def digits_task():
     return instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "metaopt/conf/task/digits_mlp.yaml"))
 
 
+def one_particle(problem, theta: torch.Tensor, steps: int, seed: int) -> dict:
+    """The state of one particle of the vectorized ``problem`` at ``theta`` after ``steps`` steps (stream 0,
+    minibatches drawn from ``seed``)."""
+    state, _, _ = problem._run(problem.init_state(1), theta[None], steps, torch.Generator().manual_seed(seed),
+                               torch.zeros(1, dtype=torch.long), 1, reset=False)
+    return state
+
+
+def torch_replay(problem, make_optimizer, steps: int, seed: int, set_lrs=None):
+    """``problem.model`` from its initial parameters trained by the torch optimizer ``make_optimizer(params)``
+    on the minibatches ``one_particle`` draws from ``seed``; ``set_lrs(optimizer, t)`` before step ``t``.
+    Returns the model (its ``.grad`` of the last step kept)."""
+    model = problem.model
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), problem.initial_params):
+            p.copy_(value)
+    optimizer = make_optimizer(model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    inputs, targets = problem.task.data.train
+    for t in range(steps):
+        if set_lrs is not None:
+            set_lrs(optimizer, t)
+        index = torch.randint(len(inputs), (1, problem.batch_size), generator=generator)[0]
+        optimizer.zero_grad()
+        problem.task.loss(model(inputs[index]), targets[index]).backward()
+        optimizer.step()
+    return model
+
+
+def assert_particle_equals(state: dict, model) -> None:
+    for p, value in zip(model.parameters(), state["params"]):
+        torch.testing.assert_close(value[0], p.detach(), rtol=1e-5, atol=1e-6)
+
+
 class LinearQuadratic(UnrolledProblem):
     """``s_{t+1} = A s_t + B θ``, loss ``½‖s_{t+1} − c‖²`` every step, horizon ``T``: a quadratic meta-loss.
 

@@ -5,6 +5,7 @@ import torch
 
 from metaopt.tasks import InfluenceBalancing, Toy2DSchedule, TrainingRun
 from metaopt.unrolled import PES, TBPTT, ESSingle, FullES, TruncatedES, UnrolledProblem
+from tests.unrolled.conftest import assert_particle_equals, one_particle, torch_replay
 
 
 def _training_run(task, horizon=6):
@@ -237,24 +238,13 @@ def test_training_run_matches_torch_sgd_with_its_schedule(digits_task):
     problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.05, "momentum": 0.5}, schedule="linear",
                           horizon=5, meta_split="train")
     theta = problem.initial_theta() + torch.tensor([0.0, -1.0, 0.0])
-    generator = torch.Generator().manual_seed(0)
-    state, _, _ = problem._run(problem.init_state(1), theta[None], 5, generator,
-                               torch.zeros(1, dtype=torch.long), 1, reset=False)
-    model = problem.model
-    with torch.no_grad():
-        for p, value in zip(model.parameters(), problem.initial_params):
-            p.copy_(value)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-    generator = torch.Generator().manual_seed(0)
-    inputs, targets = digits_task.data.train
-    for t in range(5):
-        index = torch.randint(len(inputs), (1, 64), generator=generator)[0]
+    state = one_particle(problem, theta, 5, seed=0)
+
+    def set_lrs(optimizer, t):
         optimizer.param_groups[0]["lr"] = float(0.05 * (1 - t / 5) + 0.05 * torch.e**-1 * t / 5)
-        optimizer.zero_grad()
-        digits_task.loss(model(inputs[index]), targets[index]).backward()
-        optimizer.step()
-    for p, value in zip(model.parameters(), state["params"]):
-        torch.testing.assert_close(value[0], p.detach(), rtol=1e-5, atol=1e-6)
+
+    model = torch_replay(problem, lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.5), 5, 0, set_lrs)
+    assert_particle_equals(state, model)
 
 
 def test_training_run_maps_torch_optimizer_configs(digits_task):

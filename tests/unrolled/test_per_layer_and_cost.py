@@ -6,6 +6,7 @@ import torch
 
 from metaopt.tasks import TrainingRun
 from metaopt.unrolled import PES, TBPTT, ESSingle, FullES, TruncatedES
+from tests.unrolled.conftest import assert_particle_equals, one_particle, torch_replay
 
 START = {"lr": 0.05, "momentum": 0.5, "weight_decay": 1e-3}
 # θ offsets: lr_start/lr_end of layer 1 and layer 3, momentum of each layer, weight decay of each layer.
@@ -53,47 +54,29 @@ def test_per_layer_training_run_matches_torch_sgd_with_a_param_group_per_layer(d
     T = 5
     problem = _per_layer_run(digits_task, horizon=T)
     theta = problem.initial_theta() + OFFSETS
-    state, _, _ = problem._run(problem.init_state(1), theta[None], T, torch.Generator().manual_seed(0),
-                               torch.zeros(1, dtype=torch.long), 1, reset=False)
-    model = problem.model
-    with torch.no_grad():
-        for p, value in zip(model.parameters(), problem.initial_params):
-            p.copy_(value)
-    tensors = list(model.parameters())
+    state = one_particle(problem, theta, T, seed=0)
     _, momentum, decay = _hand_values(T, 0)
-    optimizer = torch.optim.SGD([{"params": tensors[2 * k:2 * k + 2], "momentum": momentum[k],
-                                  "weight_decay": decay[k]} for k in range(2)], lr=0.1)
-    generator = torch.Generator().manual_seed(0)
-    inputs, targets = digits_task.data.train
-    for t in range(T):
+
+    def per_layer_sgd(params):
+        tensors = list(params)
+        return torch.optim.SGD([{"params": tensors[2 * k:2 * k + 2], "momentum": momentum[k],
+                                 "weight_decay": decay[k]} for k in range(2)], lr=0.1)
+
+    def set_lrs(optimizer, t):
         lr, _, _ = _hand_values(T, t)
         for k, group in enumerate(optimizer.param_groups):
             group["lr"] = lr[k]
-        index = torch.randint(len(inputs), (1, 64), generator=generator)[0]
-        optimizer.zero_grad()
-        digits_task.loss(model(inputs[index]), targets[index]).backward()
-        optimizer.step()
-    for p, value in zip(model.parameters(), state["params"]):
-        torch.testing.assert_close(value[0], p.detach(), rtol=1e-5, atol=1e-6)
+
+    assert_particle_equals(state, torch_replay(problem, per_layer_sgd, T, 0, set_lrs))
 
 
 def test_tuned_weight_decay_equals_torch_sgd_on_a_step(digits_task):
     """A large tuned weight decay (0.5): the functional step equals torch.optim.SGD(weight_decay=0.5)'s."""
     problem = TrainingRun(digits_task, "sgd", tuned={"lr": 0.1, "weight_decay": 0.5}, horizon=1,
                           meta_split="train")
-    state, _, _ = problem._run(problem.init_state(1), problem.initial_theta()[None], 1,
-                               torch.Generator().manual_seed(3), torch.zeros(1, dtype=torch.long), 1, reset=False)
-    model = problem.model
-    with torch.no_grad():
-        for p, value in zip(model.parameters(), problem.initial_params):
-            p.copy_(value)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
-    inputs, targets = digits_task.data.train
-    index = torch.randint(len(inputs), (1, 64), generator=torch.Generator().manual_seed(3))[0]
-    digits_task.loss(model(inputs[index]), targets[index]).backward()
-    optimizer.step()
-    for p, value in zip(model.parameters(), state["params"]):
-        torch.testing.assert_close(value[0], p.detach(), rtol=1e-5, atol=1e-6)
+    state = one_particle(problem, problem.initial_theta(), 1, seed=3)
+    model = torch_replay(problem, lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=0.5), 1, 3)
+    assert_particle_equals(state, model)
     # and the decay mattered: the step without it (torch's SGD leaves p.grad undecayed) is 0.05·w away
     weight, grad = problem.initial_params[0], next(model.parameters()).grad
     torch.testing.assert_close(state["params"][0][0], weight - 0.1 * grad - 0.1 * 0.5 * weight)
