@@ -165,7 +165,7 @@ def report(results: Path, out: Path) -> None:
         if confirming.get(problem):
             lines += _tables(problem, confirming[problem], note=": confirmation on fresh search seeds")
     (out / "results.md").write_text("\n".join(lines))
-    panels = [(f"{' (seeds 0-2)' if confirming.get(p) else ''}", runs[p]) for p in ("3", "12", "20") if runs.get(p)]
+    panels = [(" (seeds 0-2)" if confirming.get(p) else "", runs[p]) for p in ("3", "12", "20") if runs.get(p)]
     panels += [(", fresh seeds", confirming[p]) for p in ("3", "12", "20") if confirming.get(p)]
     _plot(panels, out / "curves.png")
     print("\n".join(lines))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -188,13 +189,13 @@ class LearnedOptimizer(Optimizer):
         if torch.compiler.is_compiling() or torch.is_grad_enabled() or len(hidden) != 1 or hidden[0] > MAX_FUSED_HIDDEN:
             return LearnedOptimizer._no_fused(group)
         step = states[0]["step"] + 1
-        lr = float(hyper_value(group["lr"]))
+        t, lr = float(step), float(hyper_value(group["lr"]))
         if form == "adam":
             scale, bounds = ADAM_STEP_SCALE, (ADAM_CORRECTION, ADAM_LOG_RANGE)
         else:
             scale, bounds = STEP_SCALE, (MAX_DIRECTION, MAX_LOG_MAGNITUDE)
-        clock = torch.tanh(step / torch.tensor(TIMESCALES, dtype=torch.float64) - 1).tolist()
-        scalars = [*clock, float(1 - SECOND_MOMENT_DECAY ** step), scale * lr, float(form == "adam"), hidden[0],
+        clock = [math.tanh(t / timescale - 1) for timescale in TIMESCALES]  # plain floats: no tensor ops per step
+        scalars = [*clock, 1 - SECOND_MOMENT_DECAY ** t, scale * lr, float(form == "adam"), hidden[0],
                    *MOMENTUM_DECAYS, SECOND_MOMENT_DECAY, EPS, *bounds]
         tensors = [list(params), list(grads), [s["momenta"] for s in states], [s["second_moment"] for s in states]]
         if not _cpu_kernels.run_learned(tensors, weights, scalars):

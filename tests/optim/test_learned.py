@@ -90,7 +90,6 @@ def test_fused_is_refused_where_it_cannot_run():
         LearnedOptimizer([param], weights=_weights(hidden=(8, 8)), hidden=[8, 8], fused=True)
     with pytest.raises(ValueError, match="at most 256"):
         LearnedOptimizer([param], weights=_weights(hidden=(300,)), hidden=[300], fused=True)
-    param.grad = torch.ones(4)
     opt = LearnedOptimizer([nn.Parameter(torch.randn(4, dtype=torch.float16))], weights=_weights(), hidden=[16],
                            fused=True)
     opt.param_groups[0]["params"][0].grad = torch.ones(4, dtype=torch.float16)
