@@ -140,21 +140,23 @@ def write(result: dict, curves: dict, out: Path) -> None:
     first = result.get("first_seed", 0)
     lines = [f"Held-out tasks, {result['steps']} steps, mean over {result['seeds']} seeds ({first}-"
              f"{first + result['seeds'] - 1}; training loss: mean "
-             "minibatch loss of the last 50 steps; validation: full split at the end). Weights "
+             "minibatch loss of the last 50 steps; validation: full split at the end; bold: at or below tuned "
+             "Adam). Weights "
              f"`{result['weights']}` (meta-trained by {result['meta'].get('estimator', '?')} on "
              f"{len(result['meta'].get('tasks', []))} tasks, horizon {result['meta'].get('horizon', '?')}).", "",
              "| task | learned train | Adam 1e-3 train | tuned Adam train (lr) | learned val | Adam 1e-3 val | "
              "tuned Adam val |", "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['task']} | **{r['learned_train']:.4f}** | {r['adam_default_train']:.4f} | "
-                     f"{r['adam_tuned_train']:.4f} ({r['adam_tuned_lr']:g}) | {r['learned_val']:.4f} | "
+    for r in result["rows"]:  # bold: at or below tuned Adam
+        mark = "**" if r["learned_train"] <= r["adam_tuned_train"] else ""
+        lines.append(f"| {r['task']} | {mark}{r['learned_train']:.3g}{mark} | {r['adam_default_train']:.3g} | "
+                     f"{r['adam_tuned_train']:.3g} ({r['adam_tuned_lr']:g}) | {r['learned_val']:.4f} | "
                      f"{r['adam_default_val']:.4f} | {r['adam_tuned_val']:.4f} |")
     lines += ["", f"Lower final training loss than default Adam on {result['beats_default_adam']} of "
               f"{len(result['rows'])} tasks; at or below per-task-tuned Adam on {result['at_or_below_tuned_adam']}.",
               "", "Past the meta-training horizon (seed 0, mean minibatch loss of the 50 steps before each point):", "",
               "| task | at the horizon | at 1000 steps | at 2000 steps |", "|---|---|---|---|"]
     for name, p in result["past_horizon"].items():
-        lines.append(f"| {name} | {p['at_horizon']:.4f} | {p['at_1000']:.4f} | {p['at_2000']:.4f} |")
+        lines.append(f"| {name} | {p['at_horizon']:.3g} | {p['at_1000']:.3g} | {p['at_2000']:.3g} |")
     (out / "held_out.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.4), squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):

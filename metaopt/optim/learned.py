@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,6 +18,7 @@ from metaopt.optim.functional.learned import (
     ADAM_STEP_SCALE,
     EPS,
     FORMS,
+    LEGACY_TIMESCALES,
     MAX_DIRECTION,
     MAX_LOG_MAGNITUDE,
     MOMENTUM_DECAYS,
@@ -26,8 +26,10 @@ from metaopt.optim.functional.learned import (
     STEP_SCALE,
     TIMESCALES,
     LearnedState,
+    check_timescales,
     learned,
     num_weights,
+    time_features,
 )
 from metaopt.optim.optimizer import Optimizer, check_hyperparameter, hyper_value
 
@@ -57,29 +59,46 @@ def load_weights(source: str | Path) -> dict[str, Any]:
     return saved
 
 
+class Resolved(NamedTuple):
+    weights: torch.Tensor
+    hidden: tuple[int, ...]
+    form: str
+    timescales: tuple[float, ...]
+    meta: dict[str, Any]
+
+
 def resolve_weights(weights: str | Path | torch.Tensor, hidden: Sequence[int] | None = None,
-                    form: str | None = None) -> tuple[torch.Tensor, tuple[int, ...], str, dict[str, Any]]:
-    """``(weights, hidden, form, meta)``: a tensor as it is (``hidden`` defaulting to ``DEFAULT_HIDDEN``,
-    ``form`` to ``"direction"``), a pretrained name or saved file loaded (``hidden`` and ``form``, if given,
-    must be the file's; a file without ``form`` has the original ``"direction"``)."""
+                    form: str | None = None, timescales: Sequence[float] | None = None) -> Resolved:
+    """``(weights, hidden, form, timescales, meta)``: a tensor as it is (``hidden`` defaulting to
+    ``DEFAULT_HIDDEN``, ``form`` to ``"direction"``, ``timescales`` to ``TIMESCALES``), a pretrained name or
+    saved file loaded (``hidden``, ``form`` and ``timescales``, if given, must be the file's; a file without
+    ``form`` has the original ``"direction"``, one without ``timescales`` the ``LEGACY_TIMESCALES``)."""
     check_hyperparameter("form", form, form is None or form in FORMS, f"None or one of {FORMS}")
+    if timescales is not None:
+        timescales = check_timescales(timescales)
     if isinstance(weights, torch.Tensor):
-        return weights, tuple(hidden or DEFAULT_HIDDEN), form or "direction", {}
+        return Resolved(weights, tuple(hidden or DEFAULT_HIDDEN), form or "direction", timescales or TIMESCALES, {})
     saved = load_weights(weights)
     check_hyperparameter("hidden", hidden, hidden is None or list(hidden) == list(saved["hidden"]),
                          f"None or {list(saved['hidden'])} (the layers the weights were trained with)")
     saved_form = saved.get("form", "direction")
     check_hyperparameter("form", form, form is None or form == saved_form,
                          f"None or {saved_form!r} (the form the weights were trained with)")
-    return saved["weights"], tuple(saved["hidden"]), saved_form, dict(saved.get("meta", {}))
+    saved_timescales = check_timescales(saved.get("timescales", LEGACY_TIMESCALES))
+    check_hyperparameter("timescales", timescales, timescales is None or timescales == saved_timescales,
+                         f"None or {list(saved_timescales)} (the time features the weights were trained with)")
+    return Resolved(saved["weights"], tuple(saved["hidden"]), saved_form, saved_timescales,
+                    dict(saved.get("meta", {})))
 
 
 def core_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The functional core's arguments for the class's: ``weights`` as a tensor (a pretrained name or a saved
-    file loaded, ``digits_pes`` when absent), its ``hidden`` layers and its ``form`` (its spec's ``prepare``)."""
-    weights, hidden, form, _ = resolve_weights(kwargs.get("weights", DEFAULT_WEIGHTS), kwargs.get("hidden"),
-                                               kwargs.get("form"))
-    return {**kwargs, "weights": weights, "hidden": hidden, "form": form}
+    file loaded, ``digits_pes`` when absent), its ``hidden`` layers, ``form`` and ``timescales`` (its spec's
+    ``prepare``)."""
+    resolved = resolve_weights(kwargs.get("weights", DEFAULT_WEIGHTS), kwargs.get("hidden"), kwargs.get("form"),
+                               kwargs.get("timescales"))
+    return {**kwargs, "weights": resolved.weights, "hidden": resolved.hidden, "form": resolved.form,
+            "timescales": resolved.timescales}
 
 
 class LearnedOptimizer(Optimizer):
@@ -89,6 +108,7 @@ class LearnedOptimizer(Optimizer):
     ``weights``: a pretrained name (``LearnedOptimizer.pretrained_names()``), the path of a file written by
     ``save_pretrained``, or a flat tensor of meta-parameters for an MLP with ``hidden`` layers (``hidden``
     is read from the file otherwise; ``form``, what the MLP's first output is, likewise, ``"direction"`` for a
+    tensor unless given; ``timescales``, the steps of the four time features, likewise, ``TIMESCALES`` for a
     tensor unless given). ``lr`` multiplies the learned step (1: as meta-trained); LR
     schedulers act on it. ``maximize`` ascends. One param group's tensors go through the MLP in one
     call (the elements concatenated): the multi-tensor path, on CPU and CUDA alike. ``fused`` (CPU, float32
@@ -102,8 +122,8 @@ class LearnedOptimizer(Optimizer):
 
     def __init__(self, params: Iterable, weights: str | Path | torch.Tensor = DEFAULT_WEIGHTS, lr: float = 1.0,
                  hidden: Sequence[int] | None = None, maximize: bool = False, foreach: bool | None = None,
-                 form: str | None = None, fused: bool | None = None):
-        weights, hidden, form, meta = resolve_weights(weights, hidden, form)
+                 form: str | None = None, fused: bool | None = None, timescales: Sequence[float] | None = None):
+        weights, hidden, form, timescales, meta = resolve_weights(weights, hidden, form, timescales)
         hidden = list(hidden)
         check_hyperparameter("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden),
                              "a list of positive layer widths")
@@ -115,7 +135,7 @@ class LearnedOptimizer(Optimizer):
                              "finite numbers")
         self.meta = meta
         defaults = dict(lr=lr, weights=weights.detach().clone(), hidden=tuple(hidden), form=form,
-                        maximize=maximize, foreach=foreach, fused=fused)
+                        timescales=tuple(timescales), maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
 
     @classmethod
@@ -134,7 +154,9 @@ class LearnedOptimizer(Optimizer):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"weights": group["weights"].detach().cpu().clone(), "hidden": list(group["hidden"]),
-                    "form": group.get("form", "direction"), "meta": dict(meta or self.meta)}, path)
+                    "form": group.get("form", "direction"),
+                    "timescales": list(group.get("timescales", LEGACY_TIMESCALES)), "meta": dict(meta or self.meta)},
+                   path)
         return path
 
     def _validate(self, group: dict[str, Any]) -> None:
@@ -146,12 +168,14 @@ class LearnedOptimizer(Optimizer):
         check_hyperparameter("weights", type(weights).__name__, isinstance(weights, torch.Tensor)
                              and weights.numel() == num_weights(hidden), f"{num_weights(hidden)} numbers")
         check_hyperparameter("form", group.get("form"), group.get("form") in FORMS, f"one of {FORMS}")
+        check_timescales(group.get("timescales", LEGACY_TIMESCALES))
         fused = group.get("fused")
         check_hyperparameter("fused", fused, fused in (None, True, False), "None, True or False")
         check_hyperparameter("fused", fused, not fused or (len(hidden) == 1 and hidden[0] <= MAX_FUSED_HIDDEN),
                              f"None or False for hidden={list(hidden)} (the fused kernel runs one hidden layer of "
                              f"at most {MAX_FUSED_HIDDEN})")
-        super()._validate({k: v for k, v in group.items() if k not in ("weights", "hidden", "form", "fused")})
+        own = ("weights", "hidden", "form", "fused", "timescales")
+        super()._validate({k: v for k, v in group.items() if k not in own})
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         from metaopt.optim.functional.learned import learned_init
@@ -177,7 +201,8 @@ class LearnedOptimizer(Optimizer):
         if group.get("fused") is not False and self._fused_step(group, params, grads, states, weights):
             return
         new_params, new_state = learned(params, grads, state, weights=weights, hidden=group["hidden"],
-                                        lr=hyper_value(group["lr"]), form=group.get("form", "direction"))
+                                        lr=hyper_value(group["lr"]), form=group.get("form", "direction"),
+                                        timescales=group.get("timescales", LEGACY_TIMESCALES))
         for p, new, s, m, v in zip(params, new_params, states, new_state.momenta, new_state.second_moment):
             p.copy_(new)
             s["momenta"], s["second_moment"], s["step"] = m, v, new_state.step
@@ -194,8 +219,8 @@ class LearnedOptimizer(Optimizer):
             scale, bounds = ADAM_STEP_SCALE, (ADAM_CORRECTION, ADAM_LOG_RANGE)
         else:
             scale, bounds = STEP_SCALE, (MAX_DIRECTION, MAX_LOG_MAGNITUDE)
-        clock = [math.tanh(t / timescale - 1) for timescale in TIMESCALES]  # plain floats: no tensor ops per step
-        scalars = [*clock, 1 - SECOND_MOMENT_DECAY ** t, scale * lr, float(form == "adam"), hidden[0],
+        times = time_features(t, group.get("timescales", LEGACY_TIMESCALES))  # plain floats: no tensor ops per step
+        scalars = [*times, 1 - SECOND_MOMENT_DECAY ** t, scale * lr, float(form == "adam"), hidden[0],
                    *MOMENTUM_DECAYS, SECOND_MOMENT_DECAY, EPS, *bounds]
         tensors = [list(params), list(grads), [s["momenta"] for s in states], [s["second_moment"] for s in states]]
         if not _cpu_kernels.run_learned(tensors, weights, scalars):

@@ -272,7 +272,7 @@ def _specs() -> None:
                       natural=("lr", "beta1", "angle"), pairs={"betas": ("beta1", "beta2")},
                       init_args=("amsgrad",)),
         OptimizerSpec("learned", LearnedOptimizer, FUNCTIONAL["learned"], {"lr": LR}, natural=("lr",),
-                      constants=("weights", "hidden", "form"), prepare=core_kwargs),
+                      constants=("weights", "hidden", "form", "timescales"), prepare=core_kwargs),
     ):
         register(spec)
 

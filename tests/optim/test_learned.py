@@ -13,9 +13,11 @@ from torch.func import vmap
 from metaopt.optim import LearnedOptimizer
 from metaopt.optim.functional.learned import (
     FORMS,
+    LEGACY_TIMESCALES,
     MAX_DIRECTION,
     NUM_FEATURES,
     STEP_SCALE,
+    TIMESCALES,
     initial_weights,
     learned,
     learned_init,
@@ -39,12 +41,16 @@ def _loss(model, x, y):
     return (model(x) - y).pow(2).mean()
 
 
+TIMESCALES_ELSEWHERE = (2.0, 7.0, 50.0, 400.0)  # not the default: the class must hand its own to both paths
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("form", FORMS)
 def test_the_class_takes_the_functional_cores_steps(form, fused):
     model, x, y = _model(), torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     weights = _weights(form=form)
-    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7, form=form, fused=fused)
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], lr=0.7, form=form, fused=fused,
+                           timescales=TIMESCALES_ELSEWHERE)
     params = tuple(p.detach().clone() for p in model.parameters())
     state = learned_init(params)
     reference = copy.deepcopy(model)
@@ -55,10 +61,15 @@ def test_the_class_takes_the_functional_cores_steps(form, fused):
         for p, q in zip(reference.parameters(), params):
             p.data.copy_(q)
         grads = torch.autograd.grad(_loss(reference, x, y), list(reference.parameters()))
-        params, state = learned(params, grads, state, weights=weights, hidden=[16], lr=0.7, form=form)
+        params, state = learned(params, grads, state, weights=weights, hidden=[16], lr=0.7, form=form,
+                                timescales=TIMESCALES_ELSEWHERE)
     for p, q in zip(model.parameters(), params):
         torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-12)
     assert int(opt.state[next(model.parameters())]["step"]) == 20
+    default, _ = learned(tuple(reference.parameters()), grads, state, weights=weights, hidden=[16], lr=0.7, form=form)
+    moved, _ = learned(tuple(reference.parameters()), grads, state, weights=weights, hidden=[16], lr=0.7, form=form,
+                       timescales=TIMESCALES_ELSEWHERE)
+    assert not torch.allclose(default[0], moved[0]), "the timescales change the step"
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -139,6 +150,57 @@ def test_the_adam_form_starts_as_adam_without_the_momentums_bias_correction():
     (direction,), _ = learned((p,), (g,), learned_init((p,)), weights=weights, hidden=[16])
     (adam,), _ = learned((p,), (g,), learned_init((p,)), weights=weights, hidden=[16], form="adam")
     assert not torch.allclose(direction, adam)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_annealed_initial_weights_take_adams_steps_on_their_schedule(fused):
+    """``initial_weights(lr, final_lr, decay, form="adam")``: Adam at ``lr`` until ``decay[0]``, then a cosine to
+    ``final_lr`` at ``decay[1]``, within the 25 % the fit promises; checked on the drop-in class's steps (a
+    constant gradient: Adam's direction is then 1 − 0.9^t, ~1 after 100 steps)."""
+    lr, final_lr, (start, end) = 2e-2, 3e-3, (200, 400)
+    weights = initial_weights((16,), lr=lr, final_lr=final_lr, decay=(start, end), form="adam")
+    p = torch.nn.Parameter(torch.zeros(8))
+    opt = LearnedOptimizer([p], weights=weights, hidden=[16], form="adam", fused=fused)
+    steps = []
+    for _ in range(2 * end):
+        before = p.detach().clone()
+        p.grad = torch.ones(8)
+        opt.step()
+        steps.append(float((before - p.detach()).mean()))
+    for t in (100, 150, 200, 250, 300, 350, 400, 600, 800):
+        progress = min(max((t - start) / (end - start), 0.0), 1.0)
+        target = final_lr * (lr / final_lr) ** (0.5 * (1 + math.cos(math.pi * progress)))  # cosine in log lr
+        assert abs(math.log(steps[t - 1] / target)) < math.log(1.25), (t, steps[t - 1], target)
+    assert steps[99] > 5 * steps[-1], "it anneals"
+    with pytest.raises(ValueError, match=r"invalid final_lr: 0.003 \(allowed: None for the 'direction' form"):
+        initial_weights((16,), lr=3e-3, final_lr=3e-3)
+    with pytest.raises(ValueError, match=r"invalid final_lr: 0.001 \(allowed: a step size within 0.0029 to 0.027"):
+        initial_weights((16,), lr=1e-2, final_lr=1e-3, form="adam")
+    with pytest.raises(ValueError, match=r"invalid decay: \(5, 5\) \(allowed: \(start, end\), integer steps"):
+        initial_weights((16,), lr=1e-2, final_lr=3e-3, decay=(5, 5), form="adam")
+    with pytest.raises(ValueError, match=r"invalid final_lr/decay: .* \(allowed: a schedule the time features"):
+        initial_weights((16,), lr=2.5e-2, final_lr=3e-3, decay=(500, 520), form="adam")  # a cliff
+
+
+def test_the_timescales_travel_with_saved_weights(tmp_path):
+    model = _model(torch.float32)
+    weights = _weights(form="adam", dtype=torch.float32)
+    opt = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], form="adam",
+                           timescales=TIMESCALES_ELSEWHERE)
+    path = opt.save_pretrained(tmp_path / "mine.pt")
+    assert torch.load(path, weights_only=True)["timescales"] == list(TIMESCALES_ELSEWHERE)
+    assert LearnedOptimizer(model.parameters(), weights=path).param_groups[0]["timescales"] == TIMESCALES_ELSEWHERE
+    with pytest.raises(ValueError, match=r"invalid timescales: \(3.0, 30.0, 300.0, 1000.0\) \(allowed: None or "
+                                         r"\[2.0, 7.0, 50.0, 400.0\] \(the time features the weights were"):
+        LearnedOptimizer(model.parameters(), weights=path, timescales=TIMESCALES)
+    assert LearnedOptimizer(model.parameters(), weights=weights, hidden=[16]).param_groups[0]["timescales"] == \
+        TIMESCALES
+    torch.save({"weights": weights, "hidden": [16], "form": "adam"}, tmp_path / "old.pt")  # before timescales
+    assert LearnedOptimizer(model.parameters(), weights=tmp_path / "old.pt").param_groups[0]["timescales"] == \
+        LEGACY_TIMESCALES
+    for bad in ([1.0, 2.0], [1.0, 2.0, 3.0, -4.0], [1.0, 2.0, 3.0, float("nan")]):
+        with pytest.raises(ValueError, match=r"invalid timescales: .* \(allowed: 4 positive numbers of steps"):
+            LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], timescales=bad)
 
 
 def test_the_form_travels_with_saved_weights(tmp_path):

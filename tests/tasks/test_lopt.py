@@ -16,9 +16,12 @@ CONF = Path(__file__).resolve().parents[2] / "metaopt" / "conf"
 pytestmark = pytest.mark.usefixtures("one_thread")  # small batched matmuls: one thread is faster
 
 
+TIMESCALES_ELSEWHERE = [2, 7, 50, 400]  # not the default: particles must run on the problem's own
+
+
 @pytest.fixture(scope="module")
 def problem():
-    return LearnedOptimizerTraining(horizon=6, hidden=[8])
+    return LearnedOptimizerTraining(horizon=6, hidden=[8], timescales=TIMESCALES_ELSEWHERE)
 
 
 def _theta(problem, scale=0.3, seed=0):
@@ -39,7 +42,7 @@ def test_a_particle_is_a_training_run_with_the_drop_in_optimizer(problem):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(7)
             model = task.build_model()
-        opt = LearnedOptimizer(model.parameters(), weights=theta, hidden=[8])
+        opt = LearnedOptimizer(model.parameters(), weights=theta, hidden=[8], timescales=TIMESCALES_ELSEWHERE)
         generator, expected = torch.Generator().manual_seed(1), []
         for _ in range(4):
             inputs, targets = stream_batches(task, "train", task.batch_size, generator, torch.tensor([0]), 1)
@@ -146,6 +149,20 @@ def test_the_log_meta_loss_is_the_log_of_the_floored_clipped_normalised_loss():
     torch.testing.assert_close(losses_log, losses_linear.clamp(min=0.5).log())
 
 
+def test_an_annealed_start_is_the_optimizers_annealed_weights_and_saves_its_timescales(tmp_path):
+    tasks = [t for t in digits_tasks("train") if t.name == "mlp_tanh_32_b32"]
+    problem = LearnedOptimizerTraining(tasks, horizon=40, hidden=[8], form="adam", initial_lr=0.02, final_lr=0.003,
+                                       decay_from=20, timescales=[1, 5, 20, 40])
+    expected = initial_weights([8], torch.Generator().manual_seed(0), lr=0.02, final_lr=0.003, decay=(20, 40),
+                               form="adam", timescales=[1, 5, 20, 40])
+    assert torch.equal(problem.initial_theta(), expected)
+    opt = LearnedOptimizer(torch.nn.Linear(3, 1).parameters(), weights=problem.save(expected, tmp_path))
+    assert opt.param_groups[0]["timescales"] == (1.0, 5.0, 20.0, 40.0) and opt.param_groups[0]["form"] == "adam"
+    again = LearnedOptimizerTraining(tasks, horizon=40, hidden=[8], form="adam",
+                                     weights=tmp_path / "learned_optimizer.pt")
+    assert again.timescales == (1.0, 5.0, 20.0, 40.0) and torch.equal(again.initial_theta(), expected)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match=r"invalid task\.horizon: 0"):
         LearnedOptimizerTraining(horizon=0)
@@ -159,6 +176,13 @@ def test_bad_input():
         LearnedOptimizerTraining(tasks="validation")
     with pytest.raises(ValueError, match=r"invalid task\.hidden: \[0\]"):
         LearnedOptimizerTraining(hidden=[0])
+    with pytest.raises(ValueError, match=r"invalid task\.final_lr: 0\.003 \(allowed: None, or a number > 0 with "
+                                         r"task\.form=adam\)"):
+        LearnedOptimizerTraining(final_lr=0.003)
+    with pytest.raises(ValueError, match=r"invalid task\.decay_from: 200 \(allowed: an integer step from 0 to"):
+        LearnedOptimizerTraining(form="adam", final_lr=0.003, decay_from=200)
+    with pytest.raises(ValueError, match=r"invalid task\.timescales: \[1, 2\] \(allowed: 4 positive numbers"):
+        LearnedOptimizerTraining(timescales=[1, 2])
 
 
 def test_meta_training_is_reproducible_from_its_seed():

@@ -27,9 +27,12 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metaopt.checks import require
 from metaopt.optim.functional.learned import (
+    ADAM_STEP_SCALE,
     FORMS,
     MOMENTUM_DECAYS,
+    TIMESCALES,
     LearnedState,
+    check_timescales,
     initial_weights,
     learned,
     num_weights,
@@ -42,6 +45,14 @@ __all__ = ["LearnedOptimizerTraining"]
 
 _K = len(MOMENTUM_DECAYS)
 META_LOSSES = ("linear", "log")
+
+
+def _valid_timescales(timescales) -> bool:
+    try:
+        check_timescales(list(timescales))
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class _Layout:
@@ -81,15 +92,18 @@ class _Layout:
 
 class LearnedOptimizerTraining(UnrolledProblem):
     """θ: the weights of a learned optimizer with ``hidden`` layers (``metaopt.optim.LearnedOptimizer``),
-    starting from ``initial_weights`` (Adam-like; ``weights_seed``) or from ``weights`` (a pretrained name or
-    a saved file). A particle trains tasks of ``tasks`` (``"train"``: ``digits_tasks("train")``, or a list
-    of ``InnerTask``) for ``horizon`` steps each; ``task_seed`` seeds the draws of tasks and initialisations.
+    starting from ``initial_weights`` (Adam-like; ``weights_seed``; Adam at ``initial_lr``, or, with
+    ``final_lr``, annealed from ``initial_lr`` at step ``decay_from`` to ``final_lr`` at ``horizon`` by a
+    cosine; time features at ``timescales``) or from ``weights`` (a pretrained name or a saved file). A particle
+    trains tasks of ``tasks`` (``"train"``: ``digits_tasks("train")``, or a list of ``InnerTask``) for
+    ``horizon`` steps each; ``task_seed`` seeds the draws of tasks and initialisations.
     """
 
     def __init__(self, tasks: str | Sequence[InnerTask] = "train", hidden: Sequence[int] = (32,),
                  horizon: int = 200, weights_seed: int = 0, task_seed: int = 0, loss_clip: float = 3.0,
                  weights: str | None = None, initial_lr: float | None = None, meta_loss: str = "linear",
-                 loss_floor: float = 1e-5, form: str = "direction"):
+                 loss_floor: float = 1e-5, form: str = "direction", final_lr: float | None = None,
+                 decay_from: int = 0, timescales: Sequence[float] = TIMESCALES):
         require("task.horizon", horizon, isinstance(horizon, int) and horizon > 0, "a positive integer")
         require("task.loss_clip", loss_clip, isinstance(loss_clip, (int, float)) and loss_clip > 0, "a number > 0")
         require("task.meta_loss", meta_loss, meta_loss in META_LOSSES, f"one of {META_LOSSES}")
@@ -98,6 +112,13 @@ class LearnedOptimizerTraining(UnrolledProblem):
         require("task.initial_lr", initial_lr, initial_lr is None or (isinstance(initial_lr, (int, float))
                                                                         and initial_lr > 0), "None or a number > 0")
         require("task.form", form, form in FORMS, f"one of {FORMS}")
+        require("task.final_lr", final_lr, final_lr is None or (isinstance(final_lr, (int, float)) and final_lr > 0
+                                                                and form == "adam"),
+                "None, or a number > 0 with task.form=adam")
+        require("task.decay_from", decay_from, isinstance(decay_from, int) and 0 <= decay_from < horizon,
+                f"an integer step from 0 to task.horizon - 1 ({horizon - 1})")
+        require("task.timescales", timescales, _valid_timescales(timescales),
+                f"{len(TIMESCALES)} positive numbers of steps, e.g. {list(TIMESCALES)}")
         self.meta_loss = meta_loss
         self.loss_floor = float(loss_floor)
         require("task.hidden", list(hidden), all(isinstance(h, int) and h > 0 for h in hidden),
@@ -111,13 +132,16 @@ class LearnedOptimizerTraining(UnrolledProblem):
         self.layouts = [_Layout(inner) for inner in self.tasks]
         self.width = max(layout.width for layout in self.layouts)
         if weights is None:
+            if final_lr is not None and initial_lr is None:
+                initial_lr = ADAM_STEP_SCALE
             self.theta0 = initial_weights(self.hidden, torch.Generator().manual_seed(weights_seed), lr=initial_lr,
-                                          form=form)
-            self.form = form
+                                          form=form, final_lr=final_lr, decay=(decay_from, horizon),
+                                          timescales=timescales)
+            self.form, self.timescales = form, check_timescales(list(timescales))
         else:
             from metaopt.optim.learned import resolve_weights
 
-            theta0, _, self.form, _ = resolve_weights(weights, self.hidden)
+            theta0, _, self.form, self.timescales, _ = resolve_weights(weights, self.hidden)
             require("task.form", form, form == self.form, f"{self.form!r} (the form of the weights {weights!r})")
             self.theta0 = theta0.float()
         self.dim = num_weights(self.hidden)
@@ -132,7 +156,7 @@ class LearnedOptimizerTraining(UnrolledProblem):
 
     def _update_one(self, params, grads, momenta, second, age, weights):
         params, state = learned(params, grads, LearnedState(momenta, second, age), weights=weights,
-                                hidden=self.hidden, form=self.form)
+                                hidden=self.hidden, form=self.form, timescales=self.timescales)
         return params, state.momenta, state.second_moment
 
     # -- particle states -----------------------------------------------------------------------------
@@ -247,5 +271,5 @@ class LearnedOptimizerTraining(UnrolledProblem):
         path = Path(folder) / "learned_optimizer.pt"
         meta: dict[str, Any] = {"horizon": self.horizon, "tasks": [t.name for t in self.tasks]}
         torch.save({"weights": theta.detach().cpu().float().clone(), "hidden": list(self.hidden), "form": self.form,
-                    "meta": meta}, path)
+                    "timescales": list(self.timescales), "meta": meta}, path)
         return path
