@@ -154,8 +154,7 @@ class LearnedOptimizer(Optimizer):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"weights": group["weights"].detach().cpu().clone(), "hidden": list(group["hidden"]),
-                    "form": group.get("form", "direction"),
-                    "timescales": list(group.get("timescales", LEGACY_TIMESCALES)), "meta": dict(meta or self.meta)},
+                    "form": group["form"], "timescales": list(group["timescales"]), "meta": dict(meta or self.meta)},
                    path)
         return path
 
@@ -168,7 +167,7 @@ class LearnedOptimizer(Optimizer):
         check_hyperparameter("weights", type(weights).__name__, isinstance(weights, torch.Tensor)
                              and weights.numel() == num_weights(hidden), f"{num_weights(hidden)} numbers")
         check_hyperparameter("form", group.get("form"), group.get("form") in FORMS, f"one of {FORMS}")
-        check_timescales(group.get("timescales", LEGACY_TIMESCALES))
+        check_timescales(group["timescales"])
         fused = group.get("fused")
         check_hyperparameter("fused", fused, fused in (None, True, False), "None, True or False")
         check_hyperparameter("fused", fused, not fused or (len(hidden) == 1 and hidden[0] <= MAX_FUSED_HIDDEN),
@@ -176,6 +175,14 @@ class LearnedOptimizer(Optimizer):
                              f"at most {MAX_FUSED_HIDDEN})")
         own = ("weights", "hidden", "form", "fused", "timescales")
         super()._validate({k: v for k, v in group.items() if k not in own})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A param group saved before ``form``/``timescales`` existed ran the weights of then: the "direction"
+        # form on the legacy time features, not this optimizer's defaults (which the base class would fill in).
+        for group in state.get("param_groups", []):
+            group.setdefault("form", "direction")
+            group.setdefault("timescales", LEGACY_TIMESCALES)
+        super().__setstate__(state)
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         from metaopt.optim.functional.learned import learned_init
@@ -201,8 +208,8 @@ class LearnedOptimizer(Optimizer):
         if group.get("fused") is not False and self._fused_step(group, params, grads, states, weights):
             return
         new_params, new_state = learned(params, grads, state, weights=weights, hidden=group["hidden"],
-                                        lr=hyper_value(group["lr"]), form=group.get("form", "direction"),
-                                        timescales=group.get("timescales", LEGACY_TIMESCALES))
+                                        lr=hyper_value(group["lr"]), form=group["form"],
+                                        timescales=group["timescales"])
         for p, new, s, m, v in zip(params, new_params, states, new_state.momenta, new_state.second_moment):
             p.copy_(new)
             s["momenta"], s["second_moment"], s["step"] = m, v, new_state.step
@@ -210,7 +217,7 @@ class LearnedOptimizer(Optimizer):
     @staticmethod
     def _fused_step(group, params, grads, states, weights) -> bool:
         """The C kernel's step in place (``_cpu_kernels.learned_step``); False where it does not apply."""
-        hidden, form = group["hidden"], group.get("form", "direction")
+        hidden, form = group["hidden"], group["form"]
         if torch.compiler.is_compiling() or torch.is_grad_enabled() or len(hidden) != 1 or hidden[0] > MAX_FUSED_HIDDEN:
             return LearnedOptimizer._no_fused(group)
         step = states[0]["step"] + 1
@@ -219,7 +226,7 @@ class LearnedOptimizer(Optimizer):
             scale, bounds = ADAM_STEP_SCALE, (ADAM_CORRECTION, ADAM_LOG_RANGE)
         else:
             scale, bounds = STEP_SCALE, (MAX_DIRECTION, MAX_LOG_MAGNITUDE)
-        times = time_features(t, group.get("timescales", LEGACY_TIMESCALES))  # plain floats: no tensor ops per step
+        times = time_features(t, group["timescales"])  # plain floats: no tensor ops per step
         scalars = [*times, 1 - SECOND_MOMENT_DECAY ** t, scale * lr, float(form == "adam"), hidden[0],
                    *MOMENTUM_DECAYS, SECOND_MOMENT_DECAY, EPS, *bounds]
         tensors = [list(params), list(grads), [s["momenta"] for s in states], [s["second_moment"] for s in states]]

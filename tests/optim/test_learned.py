@@ -198,6 +198,13 @@ def test_the_timescales_travel_with_saved_weights(tmp_path):
     torch.save({"weights": weights, "hidden": [16], "form": "adam"}, tmp_path / "old.pt")  # before timescales
     assert LearnedOptimizer(model.parameters(), weights=tmp_path / "old.pt").param_groups[0]["timescales"] == \
         LEGACY_TIMESCALES
+    # A checkpoint written before form/timescales existed ran the direction form on the legacy time features,
+    # whatever the optimizer it is loaded into was built with.
+    old = LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], form="adam").state_dict()
+    for group in old["param_groups"]:
+        del group["form"], group["timescales"]
+    opt.load_state_dict(old)
+    assert opt.param_groups[0]["form"] == "direction" and opt.param_groups[0]["timescales"] == LEGACY_TIMESCALES
     for bad in ([1.0, 2.0], [1.0, 2.0, 3.0, -4.0], [1.0, 2.0, 3.0, float("nan")]):
         with pytest.raises(ValueError, match=r"invalid timescales: .* \(allowed: 4 positive numbers of steps"):
             LearnedOptimizer(model.parameters(), weights=weights, hidden=[16], timescales=bad)

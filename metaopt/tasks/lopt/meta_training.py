@@ -27,7 +27,6 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metaopt.checks import require
 from metaopt.optim.functional.learned import (
-    ADAM_STEP_SCALE,
     FORMS,
     MOMENTUM_DECAYS,
     TIMESCALES,
@@ -45,14 +44,6 @@ __all__ = ["LearnedOptimizerTraining"]
 
 _K = len(MOMENTUM_DECAYS)
 META_LOSSES = ("linear", "log")
-
-
-def _valid_timescales(timescales) -> bool:
-    try:
-        check_timescales(list(timescales))
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 class _Layout:
@@ -117,7 +108,11 @@ class LearnedOptimizerTraining(UnrolledProblem):
                 "None, or a number > 0 with task.form=adam")
         require("task.decay_from", decay_from, isinstance(decay_from, int) and 0 <= decay_from < horizon,
                 f"an integer step from 0 to task.horizon - 1 ({horizon - 1})")
-        require("task.timescales", timescales, _valid_timescales(timescales),
+        try:
+            checked_timescales = check_timescales(list(timescales))
+        except (TypeError, ValueError):
+            checked_timescales = None
+        require("task.timescales", timescales, checked_timescales is not None,
                 f"{len(TIMESCALES)} positive numbers of steps, e.g. {list(TIMESCALES)}")
         self.meta_loss = meta_loss
         self.loss_floor = float(loss_floor)
@@ -132,12 +127,10 @@ class LearnedOptimizerTraining(UnrolledProblem):
         self.layouts = [_Layout(inner) for inner in self.tasks]
         self.width = max(layout.width for layout in self.layouts)
         if weights is None:
-            if final_lr is not None and initial_lr is None:
-                initial_lr = ADAM_STEP_SCALE
             self.theta0 = initial_weights(self.hidden, torch.Generator().manual_seed(weights_seed), lr=initial_lr,
                                           form=form, final_lr=final_lr, decay=(decay_from, horizon),
-                                          timescales=timescales)
-            self.form, self.timescales = form, check_timescales(list(timescales))
+                                          timescales=checked_timescales)
+            self.form, self.timescales = form, checked_timescales
         else:
             from metaopt.optim.learned import resolve_weights
 
